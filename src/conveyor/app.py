@@ -1,0 +1,431 @@
+"""The App: tasks register on it, producers enqueue through it, operators query it.
+
+Every operation is written once, async (``*_async``); the sync method is a one-line call
+through a private background loop (``Portal``). Each event loop gets its own backend
+instance, because connections belong to the loop that opened them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import weakref
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
+from typing import Any, ParamSpec, TypeVar, overload
+
+from conveyor.backends import create_backend
+from conveyor.backends.base import Backend, Clock, NewJob, QueueStats
+from conveyor.config import Defaults, parse_url, resolve_url
+from conveyor.handle import JobHandle
+from conveyor.job import Job, JobState, new_job_id, to_timestamp
+from conveyor.portal import Portal
+from conveyor.retry import Backoff
+from conveyor.serialize import DEFAULT_MAX_PAYLOAD, encode_arguments
+from conveyor.task import EnqueueOptions, Signature, Task
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_MAX_NAME = 200
+
+
+class App:
+    """One Conveyor application: a storage URL and the tasks that run against it."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        queue: str = "default",
+        priority: int = 5,
+        max_attempts: int = 3,
+        result_ttl: float | None = 86400.0,
+        timeout: float | None = None,
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
+        clock: Clock | None = None,
+    ) -> None:
+        self.url = resolve_url(url)
+        parse_url(self.url)  # an invalid URL fails here, not at the first enqueue
+        _check_priority(priority)
+        _check_attempts(max_attempts)
+        self.defaults = Defaults(
+            queue=_check_name(queue, "queue"),
+            priority=priority,
+            max_attempts=max_attempts,
+            result_ttl=result_ttl,
+            timeout=timeout,
+            max_payload=max_payload,
+        )
+        self.tasks: dict[str, Task[Any, Any]] = {}
+        self._clock = clock
+        self._portal = Portal()
+        self._backends: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Backend] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._opening: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def __repr__(self) -> str:
+        return f"<conveyor.App {self.url} tasks={len(self.tasks)}>"
+
+    # -- tasks -------------------------------------------------------------------------
+    @overload
+    def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+
+    @overload
+    def task(
+        self,
+        fn: None = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        max_attempts: int | None = None,
+        backoff: Backoff | None = None,
+        timeout: float | None = None,
+        concurrency: int | None = None,
+        result_ttl: float | None = None,
+    ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+    def task(
+        self,
+        fn: Callable[P, R] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        max_attempts: int | None = None,
+        backoff: Backoff | None = None,
+        timeout: float | None = None,
+        concurrency: int | None = None,
+        result_ttl: float | None = None,
+    ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
+        """Register a task, bare (``@app.task``) or with options (``@app.task(...)``)."""
+        if priority is not None:
+            _check_priority(priority)
+        if max_attempts is not None:
+            _check_attempts(max_attempts)
+
+        def register(func: Callable[P, R]) -> Task[P, R]:
+            task_name = name or f"{func.__module__}.{func.__qualname__}"
+            _check_name(task_name, "task name")
+            if task_name in self.tasks and self.tasks[task_name].fn is not func:
+                raise ValueError(f"a task named {task_name!r} is already registered")
+            task: Task[P, R] = Task(
+                self,
+                func,
+                name=task_name,
+                queue=None if queue is None else _check_name(queue, "queue"),
+                priority=priority,
+                max_attempts=max_attempts,
+                backoff=backoff,
+                timeout=timeout,
+                concurrency=concurrency,
+                result_ttl=result_ttl,
+            )
+            self.tasks[task_name] = task
+            return task
+
+        return register(fn) if fn is not None else register
+
+    def task_caps(self) -> dict[str, int]:
+        """Per-task concurrency caps, for the claim."""
+        return {n: t.concurrency for n, t in self.tasks.items() if t.concurrency is not None}
+
+    # -- the backend of the running loop -----------------------------------------------
+    async def backend(self) -> Backend:
+        """The opened backend for the running event loop (created on first use)."""
+        loop = asyncio.get_running_loop()
+        backend = self._backends.get(loop)
+        if backend is not None:
+            return backend
+        lock = self._opening.setdefault(loop, asyncio.Lock())
+        async with lock:
+            backend = self._backends.get(loop)
+            if backend is None:
+                backend = create_backend(self.url, clock=self._clock)
+                await backend.open()
+                self._backends[loop] = backend
+        return backend
+
+    async def close_async(self) -> None:
+        """Close the backend of the running loop."""
+        backend = self._backends.pop(asyncio.get_running_loop(), None)
+        if backend is not None:
+            await backend.close()
+
+    def close(self) -> None:
+        """Close the sync API's connection and stop its background loop."""
+        if self._portal._loop is not None:
+            self._portal.call(self.close_async())
+        self._portal.stop()
+
+    # -- producers ---------------------------------------------------------------------
+    def enqueue(
+        self,
+        task: str,
+        args: Iterable[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> JobHandle:
+        """Enqueue by task name (for producers that do not import the task code).
+
+        Options: ``tenant priority delay at key queue max_attempts timeout result_ttl``.
+        """
+        return self._portal.call(self.enqueue_async(task, args, kwargs, **options))
+
+    async def enqueue_async(
+        self,
+        task: str,
+        args: Iterable[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> JobHandle:
+        return await self._enqueue_signature_async(_signature(task, args, kwargs, options))
+
+    def enqueue_many(self, calls: Iterable[Signature | Mapping[str, Any]]) -> list[JobHandle]:
+        """Enqueue many jobs in one atomic round trip.
+
+        Each item is ``task.s(...)`` / ``task.options(...).s(...)`` or a mapping with the
+        keys of ``App.enqueue``: ``{"task": "name", "args": [...], "kwargs": {...}, ...}``.
+        """
+        return self._portal.call(self.enqueue_many_async(calls))
+
+    async def enqueue_many_async(
+        self, calls: Iterable[Signature | Mapping[str, Any]]
+    ) -> list[JobHandle]:
+        new_jobs = [self._new_job(_as_signature(call)) for call in calls]
+        if not new_jobs:
+            return []
+        backend = await self.backend()
+        ids = await backend.enqueue(new_jobs)
+        return [JobHandle(self, job_id) for job_id in ids]
+
+    def _enqueue_signature(self, sig: Signature) -> JobHandle:
+        new_job = self._new_job(sig)  # validate in the caller's thread, before any I/O
+        return self._portal.call(self._insert_one(new_job))
+
+    async def _enqueue_signature_async(self, sig: Signature) -> JobHandle:
+        return await self._insert_one(self._new_job(sig))
+
+    async def _insert_one(self, new_job: NewJob) -> JobHandle:
+        backend = await self.backend()
+        (job_id,) = await backend.enqueue([new_job])
+        return JobHandle(self, job_id)
+
+    def _new_job(self, sig: Signature) -> NewJob:
+        """Validate a call and turn it into a row; every bad input fails here, early."""
+        _check_name(sig.task, "task name")
+        task = self.tasks.get(sig.task)
+        opt = sig.options
+        d = self.defaults
+        priority = _first(opt.priority, task and task.priority, d.priority)
+        _check_priority(priority)
+        max_attempts = _first(opt.max_attempts, task and task.max_attempts, d.max_attempts)
+        _check_attempts(max_attempts)
+        if opt.delay is not None and opt.at is not None:
+            raise ValueError("give either delay= or at=, not both")
+        delay = None if opt.delay is None else _check_delay(opt.delay)
+        run_at = None if opt.at is None else _check_at(opt.at)
+        tenant = opt.tenant
+        if tenant is not None:
+            tenant = _check_name(tenant, "tenant") if tenant != "" else None
+        if opt.key is not None:
+            _check_name(opt.key, "key", max_len=1000)
+        timeout = _first(opt.timeout, task and task.timeout, d.timeout)
+        if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
+            raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
+        args_json, kwargs_json = encode_arguments(
+            sig.args, dict(sig.kwargs), max_payload=d.max_payload
+        )
+        return NewJob(
+            id=new_job_id(),
+            task=sig.task,
+            queue=_check_name(_first(opt.queue, task and task.queue, d.queue), "queue"),
+            tenant=tenant,
+            priority=priority,
+            args_json=args_json,
+            kwargs_json=kwargs_json,
+            max_attempts=max_attempts,
+            delay=delay,
+            run_at=run_at,
+            timeout=timeout,
+            result_ttl=_first(opt.result_ttl, task and task.result_ttl, d.result_ttl),
+            key=opt.key,
+        )
+
+    # -- operators ---------------------------------------------------------------------
+    def job(self, job_id: str) -> JobHandle:
+        return JobHandle(self, job_id)
+
+    def cancel(self, job_id: str) -> JobState | None:
+        """Cancel a job. Returns its state afterwards: ``cancelled``; ``running`` when a
+        cancel was requested of a running job (its worker stops it at the next check); the
+        final state of a job that already finished; None for an unknown id."""
+        return self._portal.call(self.cancel_async(job_id))
+
+    async def cancel_async(self, job_id: str) -> JobState | None:
+        return await (await self.backend()).cancel(job_id)
+
+    def replay(self, job_id: str) -> bool:
+        """Put a ``dead`` (or ``cancelled``) job back in its queue with fresh attempts."""
+        return self._portal.call(self.replay_async(job_id))
+
+    async def replay_async(self, job_id: str) -> bool:
+        return await (await self.backend()).replay(job_id)
+
+    def jobs(
+        self,
+        state: JobState | str | None = None,
+        queue: str | None = None,
+        tenant: str | None = None,
+        task: str | None = None,
+        limit: int = 100,
+    ) -> list[Job]:
+        return self._portal.call(self.jobs_async(state, queue, tenant, task, limit))
+
+    async def jobs_async(
+        self,
+        state: JobState | str | None = None,
+        queue: str | None = None,
+        tenant: str | None = None,
+        task: str | None = None,
+        limit: int = 100,
+    ) -> list[Job]:
+        job_state = None if state is None else _parse_state(state)
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError("limit must be a positive integer")
+        backend = await self.backend()
+        return await backend.query(
+            state=job_state, queue=queue, tenant=tenant, task=task, limit=limit
+        )
+
+    def set_tenant(
+        self,
+        tenant: str | None,
+        queue: str = "default",
+        weight: float = 1.0,
+        max_running: int | None = None,
+    ) -> None:
+        """Give a tenant a share ``weight`` (relative) and a cap on running jobs in a queue."""
+        self._portal.call(self.set_tenant_async(tenant, queue, weight, max_running))
+
+    async def set_tenant_async(
+        self,
+        tenant: str | None,
+        queue: str = "default",
+        weight: float = 1.0,
+        max_running: int | None = None,
+    ) -> None:
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+            raise TypeError("weight must be a number")
+        if not math.isfinite(weight) or weight <= 0:
+            raise ValueError(f"weight must be > 0, got {weight}")
+        if max_running is not None and (
+            isinstance(max_running, bool) or not isinstance(max_running, int) or max_running < 0
+        ):
+            raise ValueError(f"max_running must be an integer >= 0 or None, got {max_running!r}")
+        tenant = None if tenant in (None, "") else _check_name(tenant, "tenant")
+        backend = await self.backend()
+        await backend.set_tenant(
+            _check_name(queue, "queue"), tenant, weight=float(weight), max_running=max_running
+        )
+
+    def set_queue(self, queue: str, aging: float | None = None) -> None:
+        """Queue settings. ``aging``: a ready job gains one priority level per ``aging`` s."""
+        self._portal.call(self.set_queue_async(queue, aging))
+
+    async def set_queue_async(self, queue: str, aging: float | None = None) -> None:
+        if aging is not None and (not isinstance(aging, (int, float)) or aging <= 0):
+            raise ValueError(f"aging must be > 0 seconds or None, got {aging!r}")
+        backend = await self.backend()
+        await backend.set_queue(_check_name(queue, "queue"), aging=aging)
+
+    def stats(self) -> list[QueueStats]:
+        return self._portal.call(self.stats_async())
+
+    async def stats_async(self) -> list[QueueStats]:
+        return await (await self.backend()).stats()
+
+
+# -- validation helpers -----------------------------------------------------------------
+def _first(*values: Any) -> Any:
+    for value in values:
+        if value is not None and value is not False:
+            return value
+    return None
+
+
+def _check_name(value: Any, what: str, max_len: int = _MAX_NAME) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{what} must be a non-empty string, got {value!r}")
+    if len(value) > max_len:
+        raise ValueError(f"{what} is longer than {max_len} characters")
+    return value
+
+
+def _check_priority(priority: Any) -> None:
+    if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 9:
+        raise ValueError(f"priority must be an integer from 0 (most urgent) to 9, got {priority!r}")
+
+
+def _check_attempts(max_attempts: Any) -> None:
+    if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
+        raise ValueError(f"max_attempts must be an integer >= 1, got {max_attempts!r}")
+
+
+def _check_delay(delay: Any) -> float:
+    if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not math.isfinite(delay):
+        raise ValueError(f"delay must be a number of seconds, got {delay!r}")
+    if delay < 0:
+        raise ValueError(f"delay must be >= 0 seconds, got {delay}")
+    return float(delay)
+
+
+def _check_at(at: Any) -> float:
+    if not isinstance(at, datetime):
+        raise TypeError(f"at= must be a datetime, got {type(at).__name__}")
+    return to_timestamp(at)
+
+
+def _parse_state(state: JobState | str) -> JobState:
+    if isinstance(state, JobState):
+        return state
+    try:
+        return JobState(state)
+    except ValueError:
+        names = ", ".join(s.value for s in JobState)
+        raise ValueError(f"unknown job state {state!r}; states: {names}") from None
+
+
+def _signature(
+    task: str, args: Iterable[Any], kwargs: Mapping[str, Any] | None, options: Mapping[str, Any]
+) -> Signature:
+    if isinstance(args, (str, bytes, Mapping)):
+        raise TypeError(f"args must be a list or tuple, not {type(args).__name__}")
+    return Signature(
+        task,
+        tuple(args),
+        {} if kwargs is None else kwargs,
+        EnqueueOptions().merged(**options),
+    )
+
+
+def _as_signature(call: Signature | Mapping[str, Any]) -> Signature:
+    if isinstance(call, Signature):
+        return call
+    if isinstance(call, Mapping):
+        fields = dict(call)
+        if "task" not in fields:
+            raise ValueError(f"enqueue_many item {call!r} has no 'task'")
+        task = fields.pop("task")
+        args = fields.pop("args", ())
+        kwargs = fields.pop("kwargs", None)
+        return _signature(task, args, kwargs, fields)
+    raise TypeError(
+        f"enqueue_many takes task.s(...) signatures or mappings, not {type(call).__name__}"
+    )

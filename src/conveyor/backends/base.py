@@ -1,0 +1,297 @@
+"""The backend protocol: a small set of atomic storage primitives.
+
+Everything above this line (serialization, retry decisions, the worker) lives in the
+core and is written once; a backend only stores plain rows and performs each primitive
+as ONE atomic operation (one SQL transaction, one Lua script). Times are seconds since
+the epoch as floats and always come from the store's clock (``now()``), never from the
+caller, so that leases and due times agree across machines.
+
+Conventions every backend honours (the conformance suite in ``tests/contract`` checks):
+
+* The default tenant is ``None`` at this interface; a backend may store it as ``""``.
+* Ready jobs of a queue are ordered by: priority (0 first, strict) -> the tenant with
+  the smallest virtual time among tenants with a ready job at that priority -> FIFO
+  (job id, a UUIDv7, is creation order). Claiming a job advances its tenant's virtual
+  time by ``1 / weight``. A tenant that had no ready job in the queue and gets one
+  starts at ``max(its virtual time, the queue's virtual clock)``; the queue's virtual
+  clock is the virtual time of the last tenant claimed from, so idleness banks no credit.
+* Caps skip candidates: a task at its ``concurrency`` (running jobs of the task across
+  the store) and a tenant at its ``max_running`` (running jobs of the tenant in the queue).
+* ``claim`` increments ``attempt`` and issues a fresh random ``lease_token``. Every later
+  write about a running job (heartbeat, progress, finish) names that token and is
+  rejected (returns False / reports the job lost) when the token no longer matches.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from conveyor.job import Job, JobState
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What an engine can do, declared instead of silently skipped."""
+
+    #: ``wait_for_work`` is woken by a push from the store (LISTEN/NOTIFY, blocking pop)
+    #: rather than by polling.
+    push_wakeups: bool = False
+    #: Works across machines (False for SQLite: one machine, many processes).
+    multi_host: bool = False
+    #: ``enqueue`` can join a caller's own database transaction.
+    transactional_enqueue: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """A job to insert. Arguments are already validated and JSON-encoded by the core."""
+
+    id: str
+    task: str
+    queue: str
+    tenant: str | None
+    priority: int
+    args_json: str
+    kwargs_json: str
+    max_attempts: int
+    #: Seconds from the store's now before the job is due; 0 or None means ready now.
+    delay: float | None = None
+    #: Absolute due time (epoch seconds). When set, wins over ``delay``.
+    run_at: float | None = None
+    timeout: float | None = None
+    #: Seconds a succeeded or cancelled job is kept before it is purged; None keeps it.
+    result_ttl: float | None = None
+    #: Dedup key: while a job with this key is active (scheduled, queued, running,
+    #: retrying), enqueueing another returns the active job's id instead.
+    key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedJob:
+    """A job handed to a worker by ``claim``, under lease ``lease_token``."""
+
+    id: str
+    task: str
+    queue: str
+    tenant: str | None
+    priority: int
+    args_json: str
+    kwargs_json: str
+    attempt: int
+    max_attempts: int
+    timeout: float | None
+    lease_token: str
+    lease_expires_at: float
+    enqueued_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    id: str
+    token: str
+
+
+class OutcomeKind(StrEnum):
+    SUCCEEDED = "succeeded"  # -> succeeded, result stored, expires after result_ttl
+    RETRY = "retry"  # -> retrying until now + retry_delay (queued at once if delay <= 0)
+    DEAD = "dead"  # -> dead (the dead-letter queue)
+    CANCELLED = "cancelled"  # -> cancelled (the worker honoured a cancel request)
+    RELEASED = "released"  # -> queued, attempt given back (graceful shutdown)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How an attempt ended. Applied only if ``lease_token`` still holds the job."""
+
+    id: str
+    lease_token: str
+    kind: OutcomeKind
+    result_json: str | None = None
+    #: One error record, JSON-encoded (see ``JobError.to_json``), appended to the history.
+    error_json: str | None = None
+    retry_delay: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatReply:
+    #: Leases that no longer hold (expired and reaped, job cancelled outright, replayed).
+    lost: frozenset[str]
+    #: Jobs whose lease was renewed but which someone asked to cancel.
+    cancel_requested: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """Counts for one (queue, tenant) pair."""
+
+    queue: str
+    tenant: str | None
+    scheduled: int
+    queued: int
+    running: int
+    retrying: int
+    dead: int
+    succeeded: int
+    cancelled: int
+    #: Seconds the oldest ready job has waited since it became ready; None if none ready.
+    oldest_wait: float | None
+    weight: float = 1.0
+    max_running: int | None = None
+
+
+class Backend(abc.ABC):
+    """One store. Instances are bound to the event loop that opened them."""
+
+    capabilities: Capabilities = Capabilities()
+    #: Errors that mean "the store is briefly unreachable or busy": the worker logs them,
+    #: backs off and tries again instead of stopping.
+    transient_errors: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError)
+
+    def __init__(self, url: str, *, clock: Clock | None = None) -> None:
+        self.url = url
+        #: Test hook: replaces the store's clock (e.g. a fake clock that never sleeps).
+        self.clock = clock
+
+    # -- lifecycle ---------------------------------------------------------------------
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect and create the schema if needed. Idempotent."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def now(self) -> float:
+        """The store's clock (or the injected test clock)."""
+
+    # -- producers ---------------------------------------------------------------------
+    @abc.abstractmethod
+    async def enqueue(self, jobs: Sequence[NewJob]) -> list[str]:
+        """Insert jobs atomically; returns their ids in order.
+
+        A job whose ``key`` matches an active job is not inserted; the active job's id is
+        returned in its place.
+        """
+
+    # -- workers -----------------------------------------------------------------------
+    @abc.abstractmethod
+    async def claim(
+        self,
+        queues: Sequence[str],
+        limit: int,
+        *,
+        worker: str,
+        lease: float,
+        task_caps: Mapping[str, int] | None = None,
+    ) -> list[ClaimedJob]:
+        """Promote due jobs, then claim up to ``limit`` ready jobs.
+
+        Queues are served in the order given: the first queue is drained of claimable
+        jobs before the second is looked at. ``task_caps`` maps task name to its
+        ``concurrency`` (running jobs of that task in the whole store).
+        """
+
+    @abc.abstractmethod
+    async def heartbeat(self, leases: Sequence[Lease], *, lease: float) -> HeartbeatReply:
+        """Extend each held lease to now + ``lease``."""
+
+    @abc.abstractmethod
+    async def finish(self, outcomes: Sequence[Outcome]) -> list[bool]:
+        """Apply outcomes in one transaction; False where the lease no longer held."""
+
+    @abc.abstractmethod
+    async def progress(self, lease: Lease, fraction: float | None, message: str | None) -> bool:
+        """Record progress of a running job; False if the lease no longer holds."""
+
+    @abc.abstractmethod
+    async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
+        """Return when a job may have become ready in ``queues``, or after ``timeout``.
+
+        Spurious returns are allowed; the worker simply claims and finds nothing.
+        """
+
+    # -- maintenance (run by one elected worker) ---------------------------------------
+    @abc.abstractmethod
+    async def reap(self) -> int:
+        """Expired leases: back to ``queued``, or ``dead`` when out of attempts.
+
+        Records the error ``WorkerLost: worker lost (lease expired)`` for the attempt.
+        Returns how many jobs were reaped.
+        """
+
+    @abc.abstractmethod
+    async def promote(self) -> int:
+        """Due ``scheduled``/``retrying`` jobs -> ``queued``; apply queue priority aging."""
+
+    @abc.abstractmethod
+    async def purge(self) -> int:
+        """Delete finished jobs whose ``expires_at`` has passed."""
+
+    @abc.abstractmethod
+    async def try_lock(self, name: str, owner: str, ttl: float) -> bool:
+        """Take or renew a named lock for ``ttl`` seconds; False if another owner holds it."""
+
+    @abc.abstractmethod
+    async def unlock(self, name: str, owner: str) -> None: ...
+
+    # -- operators ---------------------------------------------------------------------
+    @abc.abstractmethod
+    async def get(self, job_id: str) -> Job | None: ...
+
+    @abc.abstractmethod
+    async def query(
+        self,
+        *,
+        state: JobState | None = None,
+        queue: str | None = None,
+        tenant: str | None = None,
+        task: str | None = None,
+        limit: int = 100,
+    ) -> list[Job]:
+        """Jobs matching every given filter, newest first."""
+
+    @abc.abstractmethod
+    async def cancel(self, job_id: str) -> JobState | None:
+        """Cancel a job; returns its state afterwards (None if there is no such job).
+
+        Waiting jobs become ``cancelled`` at once; a running job gets a cancel request,
+        stays ``running`` and is cancelled by its worker at the next check. A job that
+        already finished is left alone and its final state returned.
+        """
+
+    @abc.abstractmethod
+    async def replay(self, job_id: str) -> bool:
+        """``dead`` or ``cancelled`` -> ``queued`` with a fresh attempt budget.
+
+        False if there is no such job or it is in another state. Error history is kept.
+        """
+
+    @abc.abstractmethod
+    async def set_tenant(
+        self, queue: str, tenant: str | None, *, weight: float, max_running: int | None
+    ) -> None: ...
+
+    @abc.abstractmethod
+    async def set_queue(self, queue: str, *, aging: float | None) -> None:
+        """Per-queue settings. ``aging``: a ready job moves up one priority level for
+        every ``aging`` seconds it waits (None turns aging off)."""
+
+    @abc.abstractmethod
+    async def stats(self) -> list[QueueStats]: ...
+
+
+def job_error_json(attempt: int, type_: str, message: str, at: float, tb: str | None = None) -> str:
+    """Helper for backends that record errors themselves (the reaper)."""
+    from conveyor.serialize import dumps
+
+    return dumps({"attempt": attempt, "type": type_, "message": message, "traceback": tb, "at": at})
+
+
+def decode_tenant(value: Any) -> str | None:
+    return value if value else None

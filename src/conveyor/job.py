@@ -1,0 +1,162 @@
+"""The job record and its states. Records are plain frozen data: no I/O here."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+
+class JobState(StrEnum):
+    """Where a job is in its life. Transitions are listed in ``docs/state-machine.md``."""
+
+    SCHEDULED = "scheduled"  # waiting for run_at (delay= / at=)
+    QUEUED = "queued"  # ready to be claimed
+    RUNNING = "running"  # claimed, under a lease
+    SUCCEEDED = "succeeded"
+    RETRYING = "retrying"  # failed, waiting for its backoff to pass
+    DEAD = "dead"  # the dead-letter queue: out of attempts, non-retryable, or unknown task
+    CANCELLED = "cancelled"
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATES
+
+    @property
+    def is_active(self) -> bool:
+        return self in ACTIVE_STATES
+
+
+FINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.DEAD, JobState.CANCELLED})
+ACTIVE_STATES = frozenset(
+    {JobState.SCHEDULED, JobState.QUEUED, JobState.RUNNING, JobState.RETRYING}
+)
+
+#: Every legal (from, to) pair. The property test checks the backends against this.
+TRANSITIONS: frozenset[tuple[JobState, JobState]] = frozenset(
+    {
+        (JobState.SCHEDULED, JobState.QUEUED),
+        (JobState.QUEUED, JobState.RUNNING),
+        (JobState.RUNNING, JobState.SUCCEEDED),
+        (JobState.RUNNING, JobState.RETRYING),
+        (JobState.RUNNING, JobState.QUEUED),  # lease expired or released on shutdown
+        (JobState.RUNNING, JobState.DEAD),
+        (JobState.RUNNING, JobState.CANCELLED),
+        (JobState.RETRYING, JobState.QUEUED),
+        (JobState.SCHEDULED, JobState.CANCELLED),
+        (JobState.QUEUED, JobState.CANCELLED),
+        (JobState.RETRYING, JobState.CANCELLED),
+        (JobState.DEAD, JobState.QUEUED),  # replay
+        (JobState.CANCELLED, JobState.QUEUED),  # replay
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class JobError:
+    """One failed attempt: what was raised, where, and when."""
+
+    attempt: int
+    type: str
+    message: str
+    traceback: str | None = None
+    at: datetime | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "attempt": self.attempt,
+            "type": self.type,
+            "message": self.message,
+            "traceback": self.traceback,
+            "at": self.at.timestamp() if self.at else None,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> JobError:
+        at = data.get("at")
+        return cls(
+            attempt=int(data.get("attempt", 0)),
+            type=str(data.get("type", "")),
+            message=str(data.get("message", "")),
+            traceback=data.get("traceback"),
+            at=from_timestamp(at),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A snapshot of one job, as the store had it when it was read."""
+
+    id: str
+    task: str
+    state: JobState
+    queue: str
+    tenant: str | None
+    priority: int
+    args: list[Any]
+    kwargs: dict[str, Any]
+    attempt: int
+    max_attempts: int
+    enqueued_at: datetime
+    run_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    expires_at: datetime | None = None
+    lease_expires_at: datetime | None = None
+    worker: str | None = None
+    progress: float | None = None
+    progress_message: str | None = None
+    result: Any = None
+    errors: tuple[JobError, ...] = field(default_factory=tuple)
+    key: str | None = None
+    timeout: float | None = None
+    cancel_requested: bool = False
+
+    @property
+    def error(self) -> JobError | None:
+        """The most recent error, if any attempt failed."""
+        return self.errors[-1] if self.errors else None
+
+
+def from_timestamp(ts: float | None) -> datetime | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC)
+
+
+def to_timestamp(value: datetime) -> float:
+    if value.tzinfo is None:
+        raise ValueError("at= must be a timezone-aware datetime (e.g. datetime.now(UTC))")
+    return value.timestamp()
+
+
+_uuid_lock = threading.Lock()
+_uuid_last_ms = 0
+_uuid_seq = 0
+
+
+def new_job_id(now: float | None = None) -> str:
+    """A UUIDv7 (RFC 9562): ids sort by creation time, so FIFO can order by id.
+
+    Within one millisecond a 12-bit counter in ``rand_a`` keeps ids from one process
+    increasing; the remaining 62 bits are random, so processes do not collide.
+    """
+    global _uuid_last_ms, _uuid_seq
+    ms = int((time.time() if now is None else now) * 1000)
+    with _uuid_lock:
+        if ms <= _uuid_last_ms:
+            ms = _uuid_last_ms
+            _uuid_seq += 1
+            if _uuid_seq > 0xFFF:  # counter exhausted: borrow the next millisecond
+                ms += 1
+                _uuid_seq = 0
+        else:
+            _uuid_seq = 0
+        _uuid_last_ms = ms
+        seq = _uuid_seq
+    rand_b = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
+    value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | seq << 64 | 0b10 << 62 | rand_b
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

@@ -1,0 +1,47 @@
+"""JSON in, JSON out. Nothing else is ever stored: no pickle, no class names."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+DEFAULT_MAX_PAYLOAD = 1024 * 1024  # 1 MiB of encoded arguments
+
+_encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+_decoder = json.JSONDecoder()
+
+
+def dumps(value: Any, *, what: str = "value") -> str:
+    """Encode *value* as compact JSON, or raise ``TypeError`` saying what is wrong."""
+    try:
+        return _encoder.encode(value)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise TypeError(f"{what} is not JSON-serializable: {exc}") from None
+
+
+def loads(text: str | None) -> Any:
+    if text is None:
+        return None
+    return _decoder.decode(text)
+
+
+def encode_arguments(
+    args: Any, kwargs: Any, *, max_payload: int = DEFAULT_MAX_PAYLOAD
+) -> tuple[str, str]:
+    """Validate and encode a job's arguments; refuse early what a worker could not decode."""
+    if isinstance(args, (str, bytes)) or not isinstance(args, (list, tuple)):
+        raise TypeError(f"args must be a list or tuple, not {type(args).__name__}")
+    if not isinstance(kwargs, dict):
+        raise TypeError(f"kwargs must be a dict, not {type(kwargs).__name__}")
+    for key in kwargs:
+        if not isinstance(key, str):
+            raise TypeError(f"kwargs keys must be strings, not {type(key).__name__}")
+    args_json = dumps(list(args), what="args")
+    kwargs_json = dumps(kwargs, what="kwargs")
+    size = len(args_json.encode()) + len(kwargs_json.encode())
+    if size > max_payload:
+        raise ValueError(
+            f"payload is {size} bytes, over the limit of {max_payload} bytes "
+            "(store large data elsewhere and pass a reference)"
+        )
+    return args_json, kwargs_json

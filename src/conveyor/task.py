@@ -1,0 +1,125 @@
+"""Tasks: named functions registered on an App, and how a call to one is enqueued."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+
+from conveyor.retry import Backoff
+
+if TYPE_CHECKING:
+    from conveyor.app import App
+    from conveyor.handle import JobHandle
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueOptions:
+    """Per-call options; ``None`` means "use the task's (or the app's) default"."""
+
+    tenant: str | None = None
+    priority: int | None = None
+    delay: float | None = None
+    at: datetime | None = None
+    key: str | None = None
+    queue: str | None = None
+    max_attempts: int | None = None
+    timeout: float | None = None
+    result_ttl: float | None = None
+
+    def merged(self, **changes: Any) -> EnqueueOptions:
+        unknown = set(changes) - set(self.__dataclass_fields__)
+        if unknown:
+            allowed = ", ".join(sorted(self.__dataclass_fields__))
+            raise TypeError(f"unknown option(s) {sorted(unknown)}; allowed: {allowed}")
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True, slots=True)
+class Signature:
+    """A task call not yet enqueued: ``add.s(1, 2)``; pass many to ``app.enqueue_many``."""
+
+    task: str
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    options: EnqueueOptions = EnqueueOptions()
+
+
+class Task(Generic[P, R]):
+    """A function registered with ``@app.task``. Calling it runs it here and now."""
+
+    def __init__(
+        self,
+        app: App,
+        fn: Callable[P, R] | Callable[P, Awaitable[R]],
+        *,
+        name: str,
+        queue: str | None,
+        priority: int | None,
+        max_attempts: int | None,
+        backoff: Backoff | None,
+        timeout: float | None,
+        concurrency: int | None,
+        result_ttl: float | None,
+    ) -> None:
+        if concurrency is not None and (isinstance(concurrency, bool) or concurrency < 1):
+            raise ValueError(f"task {name!r}: concurrency must be an integer >= 1")
+        if timeout is not None and timeout <= 0:
+            raise ValueError(f"task {name!r}: timeout must be > 0 seconds")
+        self.app = app
+        self.fn = fn
+        self.name = name
+        self.queue = queue
+        self.priority = priority
+        self.max_attempts = max_attempts
+        self.backoff = backoff or Backoff()
+        self.timeout = timeout
+        self.concurrency = concurrency
+        self.result_ttl = result_ttl
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name}>"
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def options(self, **options: Any) -> BoundTask[P, R]:
+        """Per-call options: ``tenant priority delay at key queue max_attempts timeout``."""
+        return BoundTask(self, EnqueueOptions().merged(**options))
+
+    def s(self, *args: P.args, **kwargs: P.kwargs) -> Signature:
+        return Signature(self.name, tuple(args), dict(kwargs))
+
+    def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle:
+        return self.app._enqueue_signature(self.s(*args, **kwargs))
+
+    async def enqueue_async(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle:
+        return await self.app._enqueue_signature_async(self.s(*args, **kwargs))
+
+
+class BoundTask(Generic[P, R]):
+    """A task with per-call options, from ``task.options(...)``."""
+
+    def __init__(self, task: Task[P, R], options: EnqueueOptions) -> None:
+        self.task = task
+        self._options = options
+
+    def options(self, **options: Any) -> BoundTask[P, R]:
+        return BoundTask(self.task, self._options.merged(**options))
+
+    def s(self, *args: P.args, **kwargs: P.kwargs) -> Signature:
+        return Signature(self.task.name, tuple(args), dict(kwargs), self._options)
+
+    def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle:
+        return self.task.app._enqueue_signature(self.s(*args, **kwargs))
+
+    async def enqueue_async(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle:
+        return await self.task.app._enqueue_signature_async(self.s(*args, **kwargs))

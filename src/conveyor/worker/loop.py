@@ -1,0 +1,481 @@
+"""One worker process: an asyncio loop of small pieces.
+
+* the claim loop claims at most the free slots (never more: prefetch would break
+  fairness), woken by the backend, a freed slot, or stop;
+* the heartbeat loop renews leases every lease/3, honours cancel requests, and stops
+  jobs whose lease it can no longer vouch for;
+* the flush loop sends finished attempts and progress in batches;
+* the maintenance loop (one elected worker at a time) reaps, promotes and purges.
+
+A crash of any loop stops the worker loudly (``Worker.run`` raises).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import secrets
+import signal
+import socket
+import threading
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+from conveyor.backends.base import Backend, ClaimedJob, Lease, Outcome, OutcomeKind
+from conveyor.context import JobContext
+from conveyor.job import from_timestamp
+from conveyor.worker.runner import run_attempt
+from conveyor.worker.threads import DaemonThreadPool
+
+if TYPE_CHECKING:
+    from conveyor.app import App
+
+log = logging.getLogger("conveyor.worker")
+T = TypeVar("T")
+
+#: Exit status of a worker process that must be replaced (a sync task overran its
+#: timeout and its thread cannot be stopped). The supervisor starts a new one.
+EXIT_REPLACE = 75
+
+_MAINTENANCE_LOCK = "conveyor:maintenance"
+_PURGE_EVERY = 60.0
+_FLUSH_BATCH = 256
+_FLUSH_WINDOW = 0.002  # seconds to gather more outcomes before a flush
+
+StopReason = Literal["cancel", "lost", "release"]
+
+
+@dataclass(eq=False)
+class _Attempt:
+    job: ClaimedJob
+    ctx: JobContext | None
+    renewed_at: float  # monotonic time of the last lease grant or renewal
+    task: asyncio.Task[Outcome] | None = None
+    stop_reason: StopReason | None = None
+    stuck: bool = False
+    progress: tuple[float | None, str | None] | None = field(default=None)
+
+
+class Worker:
+    """Runs jobs from ``queues`` with ``concurrency`` slots in this process.
+
+    ``Worker(app).run(burst=True)`` runs until nothing is ready, running or retrying in
+    its queues and returns (handy in tests and notebooks). ``run()`` without burst runs
+    until SIGTERM/SIGINT (main thread) or ``stop()``.
+    """
+
+    def __init__(
+        self,
+        app: App,
+        queues: Sequence[str] | None = None,
+        concurrency: int = 8,
+        lease: float = 30.0,
+        grace: float = 10.0,
+        *,
+        name: str | None = None,
+        poll_interval: float = 1.0,
+        maintenance_interval: float = 1.0,
+        replace_on_stuck: bool = False,
+        handle_signals: bool = True,
+    ) -> None:
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ValueError(f"concurrency must be an integer >= 1, got {concurrency!r}")
+        if lease <= 0:
+            raise ValueError(f"lease must be > 0 seconds, got {lease}")
+        if grace < 0:
+            raise ValueError(f"grace must be >= 0 seconds, got {grace}")
+        queue_list = list(queues) if queues else [app.defaults.queue]
+        if any(not isinstance(q, str) or not q for q in queue_list):
+            raise ValueError("queue names must be non-empty strings")
+        self.app = app
+        self.queues = queue_list
+        self.concurrency = concurrency
+        self.lease = float(lease)
+        self.grace = float(grace)
+        self.id = name or f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(3)}"
+        self.poll_interval = poll_interval
+        self.maintenance_interval = maintenance_interval
+        #: In a supervised process: exit (and be replaced) when a sync task overruns its
+        #: timeout. In-process (tests, notebooks) the stuck thread is abandoned instead.
+        self.replace_on_stuck = replace_on_stuck
+        self.handle_signals = handle_signals
+        self.processed = 0
+        self._running: dict[str, _Attempt] = {}
+        self._pending: list[Outcome] = []
+        self._progress: dict[str, _Attempt] = {}
+        self._progress_lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._backend: Backend | None = None
+        self._executor: DaemonThreadPool | None = None
+        self._fatal: BaseException | None = None
+        self._exit_code: int | None = None
+        self._stopping = False
+        self._signals = 0
+
+    # -- public control ------------------------------------------------------------------
+    def run(self, burst: bool = False) -> None:
+        asyncio.run(self.run_async(burst=burst))
+
+    def stop(self) -> None:
+        """Ask the worker to stop gracefully; safe to call from any thread."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._request_stop)
+
+    @property
+    def exit_code(self) -> int | None:
+        """Set when the worker asks its process to be replaced (see ``EXIT_REPLACE``)."""
+        return self._exit_code
+
+    async def run_async(self, burst: bool = False) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()  # slot freed, stop requested, or new outcome
+        self._flush_now = asyncio.Event()
+        self._drain_now = asyncio.Event()
+        self._executor = DaemonThreadPool()
+        self._backend = await self.app.backend()
+        installed = self._install_signals()
+        log.info("worker %s serving %s with %d slots", self.id, self.queues, self.concurrency)
+        side = [
+            asyncio.create_task(self._supervised(self._heartbeat_loop, "heartbeat")),
+            asyncio.create_task(self._supervised(self._flush_loop, "flush")),
+            asyncio.create_task(self._supervised(self._maintenance_loop, "maintenance")),
+        ]
+        try:
+            await self._claim_loop(burst)
+            await self._drain()
+        finally:
+            for t in side:
+                t.cancel()
+            await asyncio.gather(*side, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await self._flush()
+            with contextlib.suppress(Exception):
+                await self._backend.unlock(_MAINTENANCE_LOCK, self.id)
+            for sig in installed:
+                self._loop.remove_signal_handler(sig)
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            await self.app.close_async()
+        if self._fatal is not None:
+            raise RuntimeError(f"worker {self.id} stopped: {self._fatal!r}") from self._fatal
+
+    # -- stopping ------------------------------------------------------------------------
+    def _install_signals(self) -> list[signal.Signals]:
+        if not self.handle_signals or threading.current_thread() is not threading.main_thread():
+            return []
+        assert self._loop is not None
+        installed: list[signal.Signals] = []
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._loop.add_signal_handler(sig, self._on_signal, sig)
+            installed.append(sig)
+        return installed
+
+    def _on_signal(self, sig: int) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            log.warning(
+                "%s: stopping; running jobs get %.0f s to finish (signal again to release now)",
+                signal.Signals(sig).name,
+                self.grace,
+            )
+            self._request_stop()
+        else:
+            self._drain_now.set()
+
+    def _request_stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+
+    def _die(self, exc: BaseException) -> None:
+        if self._fatal is None:
+            self._fatal = exc
+        self._drain_now.set()
+        self._request_stop()
+
+    async def _supervised(self, loop_fn: Callable[[], Awaitable[None]], name: str) -> None:
+        try:
+            await loop_fn()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            log.critical("worker %s: the %s loop crashed; stopping", self.id, name, exc_info=exc)
+            self._die(exc)
+
+    async def _call(self, what: str, make: Callable[[], Awaitable[T]]) -> T | None:
+        """Run a backend call; a transient store error is logged and yields None."""
+        assert self._backend is not None
+        try:
+            return await make()
+        except self._backend.transient_errors as exc:
+            log.warning("worker %s: %s failed (%s); will retry", self.id, what, exc)
+            return None
+
+    # -- claiming ------------------------------------------------------------------------
+    async def _claim_loop(self, burst: bool) -> None:
+        backend = self._backend
+        assert backend is not None
+        caps = self.app.task_caps()
+        errors = 0
+        while not self._stopping:
+            await self._flush()
+            free = self.concurrency - len(self._running)
+            claimed: list[ClaimedJob] = []
+            if free > 0:
+                got = await self._call(
+                    "claim",
+                    functools.partial(
+                        backend.claim,
+                        self.queues,
+                        free,
+                        worker=self.id,
+                        lease=self.lease,
+                        task_caps=caps,
+                    ),
+                )
+                if got is None:
+                    errors += 1
+                    await self._sleep(min(0.05 * 2**errors, 5.0))
+                    continue
+                errors = 0
+                claimed = got
+                for job in claimed:
+                    self._start(job)
+            if len(claimed) < free:
+                if burst and not self._running and not self._pending and await self._idle():
+                    return
+                await self._wait(work=True)
+            else:
+                await self._wait(work=False)
+
+    async def _idle(self) -> bool:
+        """Burst mode: nothing ready, running or retrying in our queues, anywhere."""
+        assert self._backend is not None
+        stats = await self._backend.stats()
+        return not any(s.queued or s.running or s.retrying for s in stats if s.queue in self.queues)
+
+    async def _wait(self, work: bool) -> None:
+        """Sleep until a slot frees, stop is requested, or (``work``) a job may be ready."""
+        assert self._backend is not None
+        if self._wake.is_set():
+            self._wake.clear()
+            return
+        waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._wake.wait())]
+        if work:
+            waits.append(
+                asyncio.ensure_future(self._backend.wait_for_work(self.queues, self.poll_interval))
+            )
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
+        self._wake.clear()
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._drain_now.wait(), seconds)
+
+    # -- running -------------------------------------------------------------------------
+    def _start(self, job: ClaimedJob) -> None:
+        task = self.app.tasks.get(job.task)
+        attempt = _Attempt(job=job, ctx=None, renewed_at=time.monotonic())
+        if task is not None:
+            attempt.ctx = JobContext(
+                id=job.id,
+                task=job.task,
+                queue=job.queue,
+                tenant=job.tenant,
+                priority=job.priority,
+                attempt=job.attempt,
+                max_attempts=job.max_attempts,
+                enqueued_at=from_timestamp(job.enqueued_at),  # type: ignore[arg-type]
+                _sink=functools.partial(self._report_progress, attempt),
+            )
+        assert self._executor is not None
+        coro = run_attempt(
+            task, job, attempt.ctx, self._executor, functools.partial(self._mark_stuck, attempt)
+        )
+        attempt.task = asyncio.create_task(coro, name=f"conveyor-job-{job.id}")
+        attempt.task.add_done_callback(functools.partial(self._finished, attempt))
+        self._running[job.id] = attempt
+
+    def _finished(self, attempt: _Attempt, _done: object = None) -> None:
+        job = attempt.job
+        self._running.pop(job.id, None)
+        assert attempt.task is not None
+        reason = attempt.stop_reason
+        outcome: Outcome | None
+        if reason == "lost":
+            log.warning("job %s: lease lost; its outcome is dropped", job.id)
+            outcome = None
+        elif reason == "cancel":
+            outcome = Outcome(job.id, job.lease_token, OutcomeKind.CANCELLED)
+        elif reason == "release" or attempt.task.cancelled():
+            outcome = Outcome(job.id, job.lease_token, OutcomeKind.RELEASED)
+        else:
+            exc = attempt.task.exception()
+            if exc is not None:  # a bug in the runner itself: loud, and the job is released
+                self._die(exc)
+                outcome = Outcome(job.id, job.lease_token, OutcomeKind.RELEASED)
+            else:
+                outcome = attempt.task.result()
+        if outcome is not None:
+            self._pending.append(outcome)
+            self.processed += 1
+            self._flush_now.set()
+        self._wake.set()
+        if attempt.stuck and self.replace_on_stuck:
+            self._replace_process()
+
+    def _mark_stuck(self, attempt: _Attempt) -> None:
+        attempt.stuck = True
+        if not self.replace_on_stuck:
+            log.warning(
+                "job %s: sync task %s overran its timeout; its thread is abandoned "
+                "(under `conveyor worker` the process would be replaced)",
+                attempt.job.id,
+                attempt.job.task,
+            )
+
+    def _replace_process(self) -> None:
+        """A sync thread cannot be killed: release the other jobs and exit to be replaced."""
+        if self._exit_code is None:
+            log.error("worker %s: a sync task overran its timeout; replacing process", self.id)
+            self._exit_code = EXIT_REPLACE
+            self._drain_now.set()
+            self._request_stop()
+
+    def _stop_attempt(self, attempt: _Attempt, reason: StopReason) -> None:
+        if attempt.stop_reason is None:
+            attempt.stop_reason = reason
+        if attempt.task is not None:
+            attempt.task.cancel()
+
+    async def _drain(self) -> None:
+        """Graceful stop: wait up to ``grace`` for running jobs, then release the rest."""
+        tasks = [a.task for a in self._running.values() if a.task is not None]
+        if tasks and not self._drain_now.is_set():
+            drain_now = asyncio.ensure_future(self._drain_now.wait())
+            try:
+                await _wait_all_or(tasks, drain_now, self.grace)
+            finally:
+                drain_now.cancel()
+        leftover = list(self._running.values())
+        for attempt in leftover:
+            self._stop_attempt(attempt, "release")
+        if leftover:
+            log.warning("worker %s: released %d unfinished job(s)", self.id, len(leftover))
+            await asyncio.gather(
+                *(a.task for a in leftover if a.task is not None), return_exceptions=True
+            )
+        await self._flush()
+
+    # -- progress and completions --------------------------------------------------------
+    def _report_progress(self, attempt: _Attempt, fraction: float | None, msg: str | None) -> None:
+        """Called from the task (loop or thread): remember the latest, flush soon."""
+        with self._progress_lock:
+            attempt.progress = (fraction, msg)
+            self._progress[attempt.job.id] = attempt
+        loop = self._loop
+        if loop is not None:
+            loop.call_soon_threadsafe(self._flush_now.set)
+
+    async def _flush(self) -> None:
+        backend = self._backend
+        assert backend is not None
+        with self._progress_lock:
+            progress, self._progress = self._progress, {}
+            reports = [(a, a.progress) for a in progress.values()]
+        for attempt, value in reports:
+            if value is None or attempt.stop_reason is not None:
+                continue
+            lease = Lease(attempt.job.id, attempt.job.lease_token)
+            await self._call("progress", functools.partial(backend.progress, lease, *value))
+        while self._pending:
+            batch, self._pending = self._pending[:_FLUSH_BATCH], self._pending[_FLUSH_BATCH:]
+            accepted = await self._call("finish", functools.partial(backend.finish, batch))
+            if accepted is None:
+                self._pending[:0] = batch  # keep them; the store is having a moment
+                await self._sleep(0.2)
+                return
+            for outcome, ok in zip(batch, accepted, strict=True):
+                if not ok:
+                    log.warning(
+                        "job %s: %s rejected: the lease is no longer ours (fencing)",
+                        outcome.id,
+                        outcome.kind.value,
+                    )
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._flush_now.wait()
+            self._flush_now.clear()
+            await asyncio.sleep(_FLUSH_WINDOW)  # let a burst of completions gather
+            await self._flush()
+
+    # -- leases --------------------------------------------------------------------------
+    async def _heartbeat_loop(self) -> None:
+        backend = self._backend
+        assert backend is not None
+        interval = self.lease / 3
+        while True:
+            await asyncio.sleep(interval)
+            attempts = [a for a in self._running.values() if a.stop_reason is None]
+            if not attempts:
+                continue
+            sent_at = time.monotonic()
+            leases = [Lease(a.job.id, a.job.lease_token) for a in attempts]
+            reply = await self._call(
+                "heartbeat", functools.partial(backend.heartbeat, leases, lease=self.lease)
+            )
+            if reply is None:
+                # Could not renew: stop what we can no longer vouch for before the lease
+                # ends, so the reaper's hand-over to another worker never overlaps us.
+                for a in attempts:
+                    if time.monotonic() - a.renewed_at > self.lease * 0.8:
+                        self._stop_attempt(a, "lost")
+                continue
+            for a in attempts:
+                if a.job.id in reply.lost:
+                    self._stop_attempt(a, "lost")
+                    continue
+                a.renewed_at = sent_at
+                if a.job.id in reply.cancel_requested and a.ctx is not None:
+                    a.ctx._cancel_requested = True
+                    self._stop_attempt(a, "cancel")
+
+    async def _maintenance_loop(self) -> None:
+        backend = self._backend
+        assert backend is not None
+        ttl = max(5.0, self.maintenance_interval * 5)
+        last_purge = 0.0
+        while True:
+            if await self._call(
+                "maintenance lock", lambda: backend.try_lock(_MAINTENANCE_LOCK, self.id, ttl)
+            ):
+                reaped = await self._call("reap", backend.reap)
+                if reaped:
+                    log.warning("reaped %d job(s) whose worker was lost", reaped)
+                    self._wake.set()
+                await self._call("promote", backend.promote)
+                if time.monotonic() - last_purge > _PURGE_EVERY:
+                    last_purge = time.monotonic()
+                    await self._call("purge", backend.purge)
+            await asyncio.sleep(self.maintenance_interval)
+
+
+async def _wait_all_or(
+    tasks: Sequence[asyncio.Task[Any]], stop: asyncio.Future[Any], timeout: float
+) -> None:
+    """Wait until every task is done, ``stop`` completes, or ``timeout`` passes."""
+    all_done = asyncio.ensure_future(asyncio.wait(tasks))
+    try:
+        await asyncio.wait([all_done, stop], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        all_done.cancel()

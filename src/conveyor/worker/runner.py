@@ -1,0 +1,136 @@
+"""Running one attempt of one job, and turning how it ended into an ``Outcome``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any
+
+from conveyor.backends.base import ClaimedJob, Outcome, OutcomeKind
+from conveyor.context import JobContext, _current
+from conveyor.retry import Fail, Retry
+from conveyor.serialize import dumps, loads
+from conveyor.task import Task
+
+
+class _TimedOut(Exception):
+    """The attempt ran past the job's timeout (as opposed to the task raising TimeoutError)."""
+
+
+def error_json(job: ClaimedJob, type_: str, message: str, tb: str | None = None) -> str:
+    return dumps(
+        {
+            "attempt": job.attempt,
+            "type": type_,
+            "message": message,
+            "traceback": tb,
+            "at": time.time(),
+        }
+    )
+
+
+def dead(job: ClaimedJob, type_: str, message: str, tb: str | None = None) -> Outcome:
+    return Outcome(
+        job.id, job.lease_token, OutcomeKind.DEAD, error_json=error_json(job, type_, message, tb)
+    )
+
+
+def failed(
+    job: ClaimedJob,
+    task: Task[Any, Any] | None,
+    type_: str,
+    message: str,
+    tb: str | None = None,
+    delay: float | None = None,
+) -> Outcome:
+    """A failed attempt: retry with backoff while attempts are left, else dead."""
+    if job.attempt >= job.max_attempts:
+        note = f" (attempt {job.attempt} of {job.max_attempts}, no attempts left)"
+        return dead(job, type_, message + note, tb)
+    if delay is None:
+        delay = task.backoff.delay(job.attempt) if task is not None else 0.0
+    return Outcome(
+        job.id,
+        job.lease_token,
+        OutcomeKind.RETRY,
+        error_json=error_json(job, type_, message, tb),
+        retry_delay=delay,
+    )
+
+
+def _exc_type(exc: BaseException) -> str:
+    cls = type(exc)
+    module = cls.__module__
+    if module in ("builtins", "__main__"):
+        return cls.__qualname__
+    return f"{module}.{cls.__qualname__}"
+
+
+def _format_tb(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(exc))
+
+
+async def run_attempt(
+    task: Task[Any, Any] | None,
+    job: ClaimedJob,
+    ctx: JobContext | None,
+    executor: Executor,
+    on_stuck: Callable[[], None],
+) -> Outcome:
+    """Run the job's task once; every way it can end becomes an Outcome.
+
+    ``asyncio.CancelledError`` is the one thing that escapes: the worker cancelled the
+    attempt (cancel request, lost lease, shutdown) and decides the outcome itself.
+    """
+    if task is None or ctx is None:
+        return dead(job, "UnknownTask", f"unknown task {job.task!r}")
+    try:
+        args = loads(job.args_json)
+        kwargs = loads(job.kwargs_json)
+    except ValueError as exc:
+        return dead(job, "InvalidPayload", f"stored arguments are not valid JSON: {exc}")
+    if not isinstance(args, list) or not isinstance(kwargs, dict):
+        return dead(job, "InvalidPayload", "stored arguments must be a JSON list and object")
+
+    token = _current.set(ctx)
+    try:
+        if task.is_async:
+            scope = asyncio.timeout(job.timeout)
+            try:
+                async with scope:
+                    result = await task.fn(*args, **kwargs)
+            except TimeoutError:
+                if scope.expired():
+                    raise _TimedOut from None
+                raise
+        else:
+            call = functools.partial(contextvars.copy_context().run, task.fn, *args, **kwargs)
+            future = asyncio.get_running_loop().run_in_executor(executor, call)
+            try:
+                result = await asyncio.wait_for(future, job.timeout)
+            except TimeoutError:
+                if future.cancelled():  # our timeout, not one the task raised
+                    on_stuck()  # the thread runs on; the worker decides what to do
+                    raise _TimedOut from None
+                raise
+    except _TimedOut:
+        return failed(job, task, "TimeoutError", f"timed out after {job.timeout:g} s")
+    except Retry as exc:
+        return failed(job, task, "Retry", exc.reason, None, delay=exc.delay)
+    except Fail as exc:
+        return dead(job, "Fail", exc.reason)
+    except (Exception, SystemExit) as exc:  # a sync task's sys.exit() is its own failure
+        return failed(job, task, _exc_type(exc), str(exc), _format_tb(exc))
+    finally:
+        _current.reset(token)
+
+    try:
+        result_json = dumps(result, what="result")
+    except TypeError as exc:
+        return failed(job, task, "TypeError", str(exc))
+    return Outcome(job.id, job.lease_token, OutcomeKind.SUCCEEDED, result_json=result_json)
