@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -22,8 +23,13 @@ class Portal:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._pid = os.getpid()
 
     def _start(self) -> asyncio.AbstractEventLoop:
+        if self._pid != os.getpid():
+            # We were forked (e.g. by a pre-forking web server): the loop's thread did not
+            # come along, and the lock may be held by a thread that no longer exists.
+            self.__init__()  # type: ignore[misc]
         with self._lock:
             if self._loop is None:
                 loop = asyncio.new_event_loop()

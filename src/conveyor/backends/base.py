@@ -99,7 +99,9 @@ class Lease:
 
 class OutcomeKind(StrEnum):
     SUCCEEDED = "succeeded"  # -> succeeded, result stored, expires after result_ttl
-    RETRY = "retry"  # -> retrying until now + retry_delay (queued at once if delay <= 0)
+    # -> retrying until now + retry_delay (queued at once if delay <= 0); a job with no
+    # attempts left goes dead instead, so the store itself keeps attempt <= max_attempts.
+    RETRY = "retry"
     DEAD = "dead"  # -> dead (the dead-letter queue)
     CANCELLED = "cancelled"  # -> cancelled (the worker honoured a cancel request)
     RELEASED = "released"  # -> queued, attempt given back (graceful shutdown)

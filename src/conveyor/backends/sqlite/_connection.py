@@ -1,0 +1,81 @@
+"""Opening a connection: URL options, pragmas, and the race-free schema set-up."""
+
+from __future__ import annotations
+
+import sqlite3
+from urllib.parse import parse_qsl, urlsplit
+
+from conveyor.backends.sqlite import _sql
+
+SCHEMA_VERSION = 1
+#: RETURNING (3.35) is used by claim, heartbeat and try_lock.
+MIN_SQLITE = (3, 35, 0)
+BUSY_TIMEOUT_MS = 30_000
+
+
+def synchronous_mode(url: str) -> str:
+    """The ``synchronous`` pragma from ``?synchronous=full|normal`` (default NORMAL).
+
+    WAL + NORMAL survives a crash or ``kill -9`` of any process; only an OS crash or
+    power loss can lose the last commits. FULL survives those too, at an fsync per commit.
+    """
+    value = "normal"
+    for name, raw in parse_qsl(urlsplit(url).query, keep_blank_values=True):
+        if name != "synchronous":
+            raise ValueError(f"unknown SQLite URL option {name!r} in {url!r}")
+        value = raw.lower()
+        if value not in ("full", "normal"):
+            raise ValueError(f"synchronous must be full or normal, not {raw!r} ({url!r})")
+    return value.upper()
+
+
+def connect(path: str, synchronous: str) -> sqlite3.Connection:
+    """A configured connection to ``path`` with the schema in place.
+
+    Call it on the thread that will own the connection.
+    """
+    if sqlite3.sqlite_version_info < MIN_SQLITE:
+        raise RuntimeError(
+            f"the SQLite backend needs SQLite >= 3.35, this Python has {sqlite3.sqlite_version}"
+        )
+    try:
+        conn = sqlite3.connect(
+            path,
+            timeout=BUSY_TIMEOUT_MS / 1000,
+            isolation_level=None,  # transactions are explicit: BEGIN IMMEDIATE ... COMMIT
+            cached_statements=256,
+        )
+    except sqlite3.OperationalError as exc:
+        raise sqlite3.OperationalError(f"cannot open SQLite file {path!r}: {exc}") from exc
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise RuntimeError(f"cannot switch {path!r} to WAL (journal mode {mode})")
+        conn.execute(f"PRAGMA synchronous = {synchronous}")
+        # The claim's ORDER BY ... LIMIT 1 sorters are tiny; with the default
+        # file-backed temp store each one costs a temp-file round trip (100+ us).
+        conn.execute("PRAGMA temp_store = MEMORY")
+        _create_schema(conn, path)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _create_schema(conn: sqlite3.Connection, path: str) -> None:
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise RuntimeError(
+            f"{path!r} was created by a newer Conveyor (schema {version}, this version "
+            f"knows {SCHEMA_VERSION}); upgrade conveyor"
+        )
+    try:
+        # executescript() commits any open transaction first, so BEGIN IMMEDIATE has to
+        # be part of the script. Every statement is IF NOT EXISTS: processes opening a
+        # fresh file together queue on the write lock and the later ones change nothing.
+        conn.executescript(f"BEGIN IMMEDIATE;\n{_sql.schema()}\nCOMMIT;")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise

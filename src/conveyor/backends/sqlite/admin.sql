@@ -1,0 +1,187 @@
+-- Maintenance and operator statements: reaper, purge, locks, reads, cancel, replay,
+-- tenant and queue settings, stats.
+--
+-- Tables: jobs (read and written), tenants and queues (settings), locks. As in
+-- worker.sql, the counters in lanes/tenants/task_running are kept by the triggers in
+-- schema.sql.
+--
+-- Sections start with "-- name: <name>"; parameters are named. :now is seconds since
+-- the epoch from the backend's clock, computed once per primitive. As in worker.sql,
+-- statements that must use a partial index name it with INDEXED BY.
+
+
+-- name: expired_leases
+-- Running jobs whose lease ended at or before :now.
+SELECT id, lease_token, attempt FROM jobs INDEXED BY jobs_leases
+WHERE state = 'running' AND lease_expires_at <= :now;
+
+
+-- name: reap_one
+-- Worker lost: record :error, then queued again, or dead when no attempt is left, or
+-- cancelled when someone asked to cancel it while it ran.
+UPDATE jobs
+SET state = CASE WHEN cancel_requested THEN 'cancelled'
+                 WHEN attempt < max_attempts THEN 'queued' ELSE 'dead' END,
+    finished_at = CASE WHEN cancel_requested OR attempt >= max_attempts THEN :now END,
+    expires_at = CASE WHEN cancel_requested THEN :now + result_ttl END,
+    ready_at = CASE WHEN NOT cancel_requested AND attempt < max_attempts
+                    THEN :now ELSE ready_at END,
+    priority = base_priority,
+    age_at = CASE WHEN NOT cancel_requested AND attempt < max_attempts AND base_priority > 0
+                  THEN :now + (SELECT aging FROM queues WHERE name = jobs.queue) END,
+    errors_json = json_insert(errors_json, '$[#]', json(:error)),
+    lease_token = NULL,
+    lease_expires_at = NULL
+WHERE id = :id AND lease_token = :token AND state = 'running';
+
+
+-- name: purge_expired
+-- Deletes at most :limit finished jobs whose expires_at is at or before :now.
+DELETE FROM jobs
+WHERE id IN (
+    SELECT id FROM jobs INDEXED BY jobs_expiry
+    WHERE expires_at IS NOT NULL AND expires_at <= :now
+      AND state IN ('succeeded', 'cancelled', 'dead')
+    ORDER BY expires_at
+    LIMIT :limit
+);
+
+
+-- name: prune_tenants
+-- Forgets tenants with nothing ready or running, default settings, and a virtual time
+-- not ahead of their queue's clock: such a row would be re-created exactly as it is
+-- (vtime = the queue's clock), so deleting it loses nothing, and the table does not
+-- grow with every tenant ever seen. A tenant ahead of the clock keeps its debt.
+DELETE FROM tenants
+WHERE ready = 0 AND running = 0 AND weight = 1 AND max_running IS NULL
+  AND vtime <= coalesce((SELECT vclock FROM queues WHERE name = tenants.queue), 0);
+
+
+-- name: try_lock
+-- Takes lock :name for :owner until :expires, renews it for the same owner, or steals
+-- it once expired. A returned row means the caller holds the lock.
+INSERT INTO locks (name, owner, expires_at) VALUES (:name, :owner, :expires)
+ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at
+WHERE locks.owner = excluded.owner OR locks.expires_at <= :now
+RETURNING owner;
+
+
+-- name: unlock
+DELETE FROM locks WHERE name = :name AND owner = :owner;
+
+
+-- name: get_job
+-- The column order here and in the query_* sections is the one records.job_from_row reads.
+SELECT id, task, state, queue, tenant, priority, args_json, kwargs_json, attempt,
+       max_attempts, enqueued_at, run_at, started_at, finished_at, expires_at,
+       lease_expires_at, worker, progress, progress_message, result_json, errors_json,
+       key, timeout, cancel_requested
+FROM jobs WHERE id = :id;
+
+
+-- name: query_jobs
+-- Every state; optional filters :queue, :tenant ('' = default), :task; newest first.
+SELECT id, task, state, queue, tenant, priority, args_json, kwargs_json, attempt,
+       max_attempts, enqueued_at, run_at, started_at, finished_at, expires_at,
+       lease_expires_at, worker, progress, progress_message, result_json, errors_json,
+       key, timeout, cancel_requested
+FROM jobs
+WHERE (:queue IS NULL OR queue = :queue)
+  AND (:tenant IS NULL OR tenant = :tenant)
+  AND (:task IS NULL OR task = :task)
+ORDER BY id DESC
+LIMIT :limit;
+
+
+-- name: query_jobs_in_state
+-- As query_jobs for one :state, walking the jobs_by_state index.
+SELECT id, task, state, queue, tenant, priority, args_json, kwargs_json, attempt,
+       max_attempts, enqueued_at, run_at, started_at, finished_at, expires_at,
+       lease_expires_at, worker, progress, progress_message, result_json, errors_json,
+       key, timeout, cancel_requested
+FROM jobs
+WHERE state = :state
+  AND (:queue IS NULL OR queue = :queue)
+  AND (:tenant IS NULL OR tenant = :tenant)
+  AND (:task IS NULL OR task = :task)
+ORDER BY id DESC
+LIMIT :limit;
+
+
+-- name: job_state
+SELECT state, key FROM jobs WHERE id = :id;
+
+
+-- name: cancel_waiting
+-- scheduled/queued/retrying -> cancelled; the record expires result_ttl after :now.
+UPDATE jobs
+SET state = 'cancelled', finished_at = :now, expires_at = :now + result_ttl
+WHERE id = :id AND state IN ('scheduled', 'queued', 'retrying');
+
+
+-- name: request_cancel
+-- A running job is cancelled by its worker, which learns of it from its heartbeat.
+UPDATE jobs SET cancel_requested = 1 WHERE id = :id AND state = 'running';
+
+
+-- name: other_active_with_key
+-- Is dedup :key held by an active job other than :id?
+SELECT id FROM jobs INDEXED BY jobs_active_key
+WHERE key = :key AND id <> :id
+  AND state IN ('scheduled', 'queued', 'running', 'retrying');
+
+
+-- name: replay
+-- dead/cancelled -> queued with a fresh attempt budget; the error history is kept.
+UPDATE jobs
+SET state = 'queued',
+    attempt = 0,
+    ready_at = :now,
+    priority = base_priority,
+    age_at = CASE WHEN base_priority > 0
+                  THEN :now + (SELECT aging FROM queues WHERE name = jobs.queue) END,
+    finished_at = NULL,
+    expires_at = NULL,
+    result_json = NULL,
+    lease_token = NULL,
+    lease_expires_at = NULL,
+    cancel_requested = 0,
+    progress = NULL,
+    progress_message = NULL
+WHERE id = :id AND state IN ('dead', 'cancelled');
+
+
+-- name: set_tenant
+INSERT INTO tenants (queue, tenant, weight, max_running)
+VALUES (:queue, :tenant, :weight, :max_running)
+ON CONFLICT (queue, tenant) DO UPDATE
+SET weight = excluded.weight, max_running = excluded.max_running;
+
+
+-- name: set_queue
+INSERT INTO queues (name, aging) VALUES (:queue, :aging)
+ON CONFLICT (name) DO UPDATE SET aging = excluded.aging;
+
+
+-- name: reschedule_aging
+-- After :aging changed for :queue: recompute when each queued job next moves up, from
+-- the time it became ready and the levels it has already climbed.
+UPDATE jobs INDEXED BY jobs_ready
+SET age_at = CASE WHEN :aging IS NULL OR priority <= 0 THEN NULL
+                  ELSE ready_at + :aging * (base_priority - priority + 1) END
+WHERE state = 'queued' AND queue = :queue;
+
+
+-- name: job_counts
+-- Counts per (queue, tenant) and state, plus the oldest ready_at of queued jobs.
+SELECT queue, tenant,
+       sum(state = 'scheduled'), sum(state = 'queued'), sum(state = 'running'),
+       sum(state = 'retrying'), sum(state = 'dead'), sum(state = 'succeeded'),
+       sum(state = 'cancelled'),
+       min(CASE WHEN state = 'queued' THEN ready_at END)
+FROM jobs
+GROUP BY queue, tenant;
+
+
+-- name: tenant_settings
+SELECT queue, tenant, weight, max_running FROM tenants;

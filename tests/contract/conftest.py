@@ -1,0 +1,150 @@
+"""The backend conformance suite's fixtures.
+
+Every test in ``tests/contract`` runs once per engine in ``ENGINES``. A test talks only to
+the ``Backend`` protocol, so adding an engine means adding its name here and a branch
+in ``store_url`` (e.g. a Redis or Postgres URL from the environment, flushed per test);
+no test changes. Time never passes by sleeping: every backend gets the same
+``FakeClock``, which tests move forward with ``clock.advance(seconds)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conveyor.backends import create_backend
+from conveyor.backends.base import Backend, ClaimedJob, NewJob, Outcome, OutcomeKind
+from conveyor.job import new_job_id
+from conveyor.serialize import dumps
+
+ENGINES = ["sqlite"]
+START = 1_700_000_000.0
+
+
+class FakeClock:
+    """A clock that stands still until told to move."""
+
+    def __init__(self, start: float = START) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def store_url(engine: str, tmp_path: Path) -> str:
+    """A fresh, empty store for one test."""
+    if engine == "sqlite":
+        return f"sqlite:///{tmp_path / 'c.db'}"
+    raise AssertionError(f"no store for engine {engine!r}")
+
+
+OpenBackend = Callable[[], Awaitable[Backend]]
+
+
+@pytest.fixture
+async def open_backend(store_url: str, clock: FakeClock) -> AsyncIterator[OpenBackend]:
+    """Opens another instance on the test's store (another worker, another process)."""
+    opened: list[Backend] = []
+
+    async def factory() -> Backend:
+        backend = create_backend(store_url, clock=clock)
+        await backend.open()
+        opened.append(backend)
+        return backend
+
+    yield factory
+    for backend in reversed(opened):
+        await backend.close()
+
+
+@pytest.fixture
+async def backend(open_backend: OpenBackend) -> Backend:
+    return await open_backend()
+
+
+MakeJob = Callable[..., NewJob]
+
+
+@pytest.fixture
+def make_job() -> MakeJob:
+    """``make_job(task="t", tenant="a", priority=3, delay=5.0, key="k", ...)`` -> NewJob."""
+
+    def make(
+        task: str = "tasks.noop",
+        *,
+        queue: str = "default",
+        tenant: str | None = None,
+        priority: int = 5,
+        args: Iterable[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        max_attempts: int = 3,
+        **options: Any,
+    ) -> NewJob:
+        return NewJob(
+            id=new_job_id(),
+            task=task,
+            queue=queue,
+            tenant=tenant,
+            priority=priority,
+            args_json=dumps(list(args)),
+            kwargs_json=dumps(kwargs or {}),
+            max_attempts=max_attempts,
+            **options,
+        )
+
+    return make
+
+
+class Ops:
+    """Small helpers shared by the tests (a fixture, so no test imports conftest)."""
+
+    @staticmethod
+    async def claim_one(backend: Backend, queue: str = "default", **options: Any) -> ClaimedJob:
+        """Claims exactly one job (fails the test if there is none)."""
+        options.setdefault("worker", "w1")
+        options.setdefault("lease", 30.0)
+        jobs = await backend.claim([queue], 1, **options)
+        assert len(jobs) == 1, "expected a claimable job"
+        return jobs[0]
+
+    @staticmethod
+    async def claim_order(backend: Backend, n: int, queue: str = "default") -> list[ClaimedJob]:
+        """Claims up to ``n`` jobs one call at a time, in claim order."""
+        out: list[ClaimedJob] = []
+        for _ in range(n):
+            jobs = await backend.claim([queue], 1, worker="w1", lease=30.0)
+            if not jobs:
+                break
+            out.extend(jobs)
+        return out
+
+    @staticmethod
+    def outcome(job: ClaimedJob, kind: OutcomeKind, **fields: Any) -> Outcome:
+        return Outcome(id=job.id, lease_token=job.lease_token, kind=kind, **fields)
+
+    @staticmethod
+    async def succeed(backend: Backend, job: ClaimedJob, result: Any = None) -> None:
+        done = Ops.outcome(job, OutcomeKind.SUCCEEDED, result_json=dumps(result))
+        assert await backend.finish([done]) == [True]
+
+
+@pytest.fixture
+def ops() -> type[Ops]:
+    return Ops
