@@ -9,18 +9,20 @@ no test changes. Time never passes by sleeping: every backend gets the same
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conveyor.backends import create_backend
+from conveyor.backends import available_engines, create_backend
 from conveyor.backends.base import Backend, ClaimedJob, NewJob, Outcome, OutcomeKind
 from conveyor.job import new_job_id
 from conveyor.serialize import dumps
 
-ENGINES = ["sqlite"]
+#: Every engine that ships joins the suite; a backend cannot opt out of a test.
+ENGINES = [{"postgresql": "postgres"}.get(e, e) for e in available_engines()]
 START = 1_700_000_000.0
 
 
@@ -47,12 +49,29 @@ def engine(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-@pytest.fixture
-def store_url(engine: str, tmp_path: Path) -> str:
-    """A fresh, empty store for one test."""
+@contextlib.contextmanager
+def fresh_store(engine: str, tmp_path: Path) -> Iterator[str]:
+    """The URL of a fresh, empty, private store (its own file, schema, or key prefix)."""
     if engine == "sqlite":
-        return f"sqlite:///{tmp_path / 'c.db'}"
-    raise AssertionError(f"no store for engine {engine!r}")
+        yield f"sqlite:///{tmp_path / 'c.db'}"
+    elif engine == "postgres":
+        from tests.stores_postgres import postgres_store
+
+        with postgres_store() as url:
+            yield url
+    elif engine == "redis":
+        from tests.stores_redis import redis_store
+
+        with redis_store() as url:
+            yield url
+    else:
+        raise AssertionError(f"no store for engine {engine!r}")
+
+
+@pytest.fixture
+def store_url(engine: str, tmp_path: Path) -> Iterator[str]:
+    with fresh_store(engine, tmp_path) as url:
+        yield url
 
 
 OpenBackend = Callable[[], Awaitable[Backend]]

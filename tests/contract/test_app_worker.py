@@ -17,8 +17,8 @@ FAST = conveyor.Backoff(base=0.01, factor=1.0, cap=0.01, jitter=False)
 
 
 @pytest.fixture
-def app(tmp_path: Path) -> Iterator[conveyor.App]:
-    app = conveyor.App(f"sqlite:///{tmp_path}/app.db")
+def app(store_url: str) -> Iterator[conveyor.App]:
+    app = conveyor.App(store_url)
     yield app
     app.close()
 

@@ -14,6 +14,7 @@ checks that:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from conveyor.backends import create_backend
 from conveyor.backends.base import Lease, NewJob, Outcome, OutcomeKind
 from conveyor.job import TRANSITIONS, JobState, new_job_id
+from tests.contract.conftest import ENGINES, fresh_store
 
 S = JobState
 # A claim promotes due jobs and claims them in one transaction.
@@ -41,14 +43,16 @@ class Clock:
 
 
 class JobStateMachine(RuleBasedStateMachine):
+    engine = "sqlite"
+
     def __init__(self) -> None:
         super().__init__()
-        self.tmp = tempfile.TemporaryDirectory()
+        self.stack = contextlib.ExitStack()
+        tmp = self.stack.enter_context(tempfile.TemporaryDirectory())
+        url = self.stack.enter_context(fresh_store(self.engine, Path(tmp)))
         self.clock = Clock()
         self.loop = asyncio.new_event_loop()
-        self.backend = create_backend(
-            f"sqlite:///{Path(self.tmp.name) / 'sm.db'}", clock=self.clock
-        )
+        self.backend = create_backend(url, clock=self.clock)
         self.run(self.backend.open())
         self.states: dict[str, JobState] = {}
         self.tokens: dict[str, list[str]] = {}  # every token ever issued, latest last
@@ -60,7 +64,7 @@ class JobStateMachine(RuleBasedStateMachine):
     def teardown(self) -> None:
         self.run(self.backend.close())
         self.loop.close()
-        self.tmp.cleanup()
+        self.stack.close()
 
     # -- operations ----------------------------------------------------------------------
     @rule(
@@ -197,10 +201,15 @@ class JobStateMachine(RuleBasedStateMachine):
         self.states = {job_id: job.state for job_id, job in now.items()}
 
 
-JobStateMachine.TestCase.settings = settings(
+_SETTINGS = settings(
     max_examples=60,
     stateful_step_count=40,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
-TestJobStateMachine = JobStateMachine.TestCase
+
+# One test case per engine in the conformance suite.
+for _engine in ENGINES:
+    _machine = type(f"JobStateMachine_{_engine}", (JobStateMachine,), {"engine": _engine})
+    _machine.TestCase.settings = _SETTINGS
+    globals()[f"TestJobStateMachine_{_engine}"] = _machine.TestCase
