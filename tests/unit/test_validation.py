@@ -81,7 +81,9 @@ def test_bare_decorator_names_by_module_and_function(app: conveyor.App) -> None:
     def hello() -> str:
         return "hi"
 
-    assert hello.name == f"{__name__}.test_bare_decorator_names_by_module_and_function.<locals>.hello"
+    assert (
+        hello.name == f"{__name__}.test_bare_decorator_names_by_module_and_function.<locals>.hello"
+    )
     assert hello() == "hi"  # calling a task runs it here, like the function
 
 

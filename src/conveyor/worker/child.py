@@ -15,18 +15,19 @@ from conveyor.worker.supervisor import WorkerOptions, load_app
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent: int) -> None:
     """On Linux, the kernel kills us when the supervisor dies, even by SIGKILL."""
-    parent = os.getppid()
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # the parent died before prctl took effect
+    # The supervisor may have died while we were starting up (before prctl): compare
+    # with the pid it gave us, since by now os.getppid() may already be the reaper's.
+    if os.getppid() != parent:
         os._exit(1)
 
 
 def main() -> None:
-    _die_with_parent()
+    _die_with_parent(int(sys.argv[2]) if len(sys.argv) > 2 else os.getppid())
     options = WorkerOptions(**json.loads(sys.argv[1]))
     logging.basicConfig(
         level=os.environ.get("CONVEYOR_LOG_LEVEL", "INFO"),

@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+from conveyor.backends import create_backend
 from conveyor.backends.base import Backend, ClaimedJob, Lease, Outcome, OutcomeKind
 from conveyor.context import JobContext
 from conveyor.job import from_timestamp
@@ -138,7 +139,10 @@ class Worker:
         self._flush_now = asyncio.Event()
         self._drain_now = asyncio.Event()
         self._executor = DaemonThreadPool()
-        self._backend = await self.app.backend()
+        # Our own connection: closing it at the end must not close one the app's other
+        # users on this loop share.
+        self._backend = create_backend(self.app.url, clock=self.app._clock)
+        await self._backend.open()
         installed = self._install_signals()
         log.info("worker %s serving %s with %d slots", self.id, self.queues, self.concurrency)
         side = [
@@ -160,7 +164,7 @@ class Worker:
             for sig in installed:
                 self._loop.remove_signal_handler(sig)
             self._executor.shutdown(wait=False, cancel_futures=True)
-            await self.app.close_async()
+            await self._backend.close()
         if self._fatal is not None:
             raise RuntimeError(f"worker {self.id} stopped: {self._fatal!r}") from self._fatal
 

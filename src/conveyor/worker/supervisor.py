@@ -68,7 +68,9 @@ class Supervisor:
         self._fast_crashes = 0
 
     def _spawn(self, slot: int) -> None:
-        cmd = [sys.executable, "-m", "conveyor.worker.child", json.dumps(asdict(self.options))]
+        # Our pid goes along so that a child can tell we died while it was still starting.
+        options = json.dumps(asdict(self.options))
+        cmd = [sys.executable, "-m", "conveyor.worker.child", options, str(os.getpid())]
         child = subprocess.Popen(cmd, start_new_session=True)
         self._children[slot] = (child, time.monotonic())
         log.info("started worker process %d (pid %d)", slot, child.pid)
