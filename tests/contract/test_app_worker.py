@@ -378,3 +378,47 @@ def test_sync_api_works_after_fork(app: conveyor.App) -> None:
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert len(app.jobs(task="forked")) == 2
+
+
+def test_at_datetime_schedules_the_job(app: conveyor.App) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    @app.task(name="at_task")
+    def at_task() -> str:
+        return "ran"
+
+    future = at_task.options(at=datetime.now(UTC) + timedelta(hours=1)).enqueue()
+    past = at_task.options(at=datetime.now(UTC) - timedelta(seconds=1)).enqueue()
+    job = future.info()
+    assert job.state is JobState.SCHEDULED and job.run_at is not None
+    assert job.run_at > datetime.now(UTC) + timedelta(minutes=59)
+    run(app)
+    assert past.wait(timeout=5) == "ran"
+    assert future.info().state is JobState.SCHEDULED
+
+
+def test_tenant_max_running_and_weight_through_the_app(app: conveyor.App) -> None:
+    running = 0
+    peak = 0
+    lock = threading.Lock()
+
+    @app.task(name="capped_by_tenant")
+    def capped_by_tenant() -> None:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        time.sleep(0.02)
+        with lock:
+            running -= 1
+
+    app.set_tenant("org-7", weight=2.0, max_running=2)
+    app.enqueue_many([capped_by_tenant.options(tenant="org-7").s() for _ in range(12)])
+    run(app, concurrency=8)
+    assert peak == 2
+    stats = {(s.queue, s.tenant): s for s in app.stats()}
+    assert stats[("default", "org-7")].succeeded == 12
+    assert stats[("default", "org-7")].weight == 2.0
+    assert stats[("default", "org-7")].max_running == 2
+    with pytest.raises(ValueError, match="weight must be > 0"):
+        app.set_tenant("org-7", weight=0)
