@@ -60,6 +60,7 @@ class App:
         self.tasks: dict[str, Task[Any, Any]] = {}
         self._clock = clock
         self._portal = Portal()
+        self._tx: Backend | None = None
         self._backends: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Backend] = (
             weakref.WeakKeyDictionary()
         )
@@ -174,9 +175,10 @@ class App:
     ) -> JobHandle:
         """Enqueue by task name (for producers that do not import the task code).
 
-        Options: ``tenant priority delay at key queue max_attempts timeout result_ttl``.
+        Options: ``tenant priority delay at key queue max_attempts timeout result_ttl
+        connection``.
         """
-        return self._portal.call(self.enqueue_async(task, args, kwargs, **options))
+        return self._enqueue_signature(_signature(task, args, kwargs, options))
 
     async def enqueue_async(
         self,
@@ -187,35 +189,66 @@ class App:
     ) -> JobHandle:
         return await self._enqueue_signature_async(_signature(task, args, kwargs, options))
 
-    def enqueue_many(self, calls: Iterable[Signature | Mapping[str, Any]]) -> list[JobHandle]:
+    def enqueue_many(
+        self, calls: Iterable[Signature | Mapping[str, Any]], *, connection: Any = None
+    ) -> list[JobHandle]:
         """Enqueue many jobs in one atomic round trip.
 
         Each item is ``task.s(...)`` / ``task.options(...).s(...)`` or a mapping with the
         keys of ``App.enqueue``: ``{"task": "name", "args": [...], "kwargs": {...}, ...}``.
+        With ``connection=``, all of them join that connection's open transaction.
         """
-        return self._portal.call(self.enqueue_many_async(calls))
+        new_jobs = [self._new_job(_as_signature(call)) for call in calls]
+        if connection is not None:
+            return self._handles(self._tx_backend().enqueue_in_transaction(connection, new_jobs))
+        return self._portal.call(self._insert(new_jobs))
 
     async def enqueue_many_async(
-        self, calls: Iterable[Signature | Mapping[str, Any]]
+        self, calls: Iterable[Signature | Mapping[str, Any]], *, connection: Any = None
     ) -> list[JobHandle]:
         new_jobs = [self._new_job(_as_signature(call)) for call in calls]
-        if not new_jobs:
-            return []
-        backend = await self.backend()
-        ids = await backend.enqueue(new_jobs)
-        return [JobHandle(self, job_id) for job_id in ids]
+        if connection is not None:
+            backend = self._tx_backend()
+            return self._handles(await backend.enqueue_in_transaction_async(connection, new_jobs))
+        return await self._insert(new_jobs)
 
     def _enqueue_signature(self, sig: Signature) -> JobHandle:
         new_job = self._new_job(sig)  # validate in the caller's thread, before any I/O
-        return self._portal.call(self._insert_one(new_job))
+        if sig.options.connection is not None:
+            backend = self._tx_backend()
+            return self._handles(backend.enqueue_in_transaction(sig.options.connection, [new_job]))[
+                0
+            ]
+        return self._portal.call(self._insert([new_job]))[0]
 
     async def _enqueue_signature_async(self, sig: Signature) -> JobHandle:
-        return await self._insert_one(self._new_job(sig))
+        new_job = self._new_job(sig)
+        if sig.options.connection is not None:
+            backend = self._tx_backend()
+            ids = await backend.enqueue_in_transaction_async(sig.options.connection, [new_job])
+            return self._handles(ids)[0]
+        return (await self._insert([new_job]))[0]
 
-    async def _insert_one(self, new_job: NewJob) -> JobHandle:
+    async def _insert(self, new_jobs: list[NewJob]) -> list[JobHandle]:
+        if not new_jobs:
+            return []
         backend = await self.backend()
-        (job_id,) = await backend.enqueue([new_job])
-        return JobHandle(self, job_id)
+        return self._handles(await backend.enqueue(new_jobs))
+
+    def _handles(self, ids: Iterable[str]) -> list[JobHandle]:
+        return [JobHandle(self, job_id) for job_id in ids]
+
+    def _tx_backend(self) -> Backend:
+        """An unopened backend that writes through callers' own connections."""
+        if self._tx is None:
+            backend = create_backend(self.url, clock=self._clock)
+            if not backend.capabilities.transactional_enqueue:
+                raise ValueError(
+                    f"connection= needs a store that can enqueue inside your transaction "
+                    f"(PostgreSQL); this app uses {self.url.split(':', 1)[0]}"
+                )
+            self._tx = backend
+        return self._tx
 
     def _new_job(self, sig: Signature) -> NewJob:
         """Validate a call and turn it into a row; every bad input fails here, early."""

@@ -31,6 +31,9 @@ class EnqueueOptions:
     max_attempts: int | None = None
     timeout: float | None = None
     result_ttl: float | None = None
+    #: The caller's own database connection: enqueue inside its open transaction, so
+    #: the job exists if and only if that transaction commits (PostgreSQL).
+    connection: Any = None
 
     def merged(self, **changes: Any) -> EnqueueOptions:
         unknown = set(changes) - set(self.__dataclass_fields__)
@@ -92,7 +95,8 @@ class Task(Generic[P, R]):
         return self.fn(*args, **kwargs)
 
     def options(self, **options: Any) -> BoundTask[P, R]:
-        """Per-call options: ``tenant priority delay at key queue max_attempts timeout``."""
+        """Per-call options: ``tenant priority delay at key queue max_attempts timeout
+        result_ttl connection``."""
         return BoundTask(self, EnqueueOptions().merged(**options))
 
     def s(self, *args: P.args, **kwargs: P.kwargs) -> Signature:

@@ -90,3 +90,10 @@ def test_bare_decorator_names_by_module_and_function(app: conveyor.App) -> None:
 def test_current_job_outside_a_task() -> None:
     with pytest.raises(RuntimeError, match="outside a running task"):
         conveyor.current_job()
+
+
+def test_transactional_enqueue_needs_a_store_that_supports_it(app: conveyor.App) -> None:
+    _task(app)
+    with pytest.raises(ValueError, match="enqueue inside your transaction"):
+        app.enqueue("add", [1, 2], connection=object())
+    assert app.jobs() == []  # nothing was stored

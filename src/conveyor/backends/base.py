@@ -181,6 +181,20 @@ class Backend(abc.ABC):
         returned in its place.
         """
 
+    def enqueue_in_transaction(self, connection: Any, jobs: Sequence[NewJob]) -> list[str]:
+        """Like ``enqueue``, on the caller's own open (sync) connection and transaction.
+
+        The jobs exist if and only if the caller's transaction commits. Needs no
+        ``open()``. Only engines with ``capabilities.transactional_enqueue``.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no transactional enqueue")
+
+    async def enqueue_in_transaction_async(
+        self, connection: Any, jobs: Sequence[NewJob]
+    ) -> list[str]:
+        """``enqueue_in_transaction`` on the caller's async connection."""
+        raise NotImplementedError(f"{type(self).__name__} has no transactional enqueue")
+
     # -- workers -----------------------------------------------------------------------
     @abc.abstractmethod
     async def claim(
