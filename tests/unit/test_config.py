@@ -42,7 +42,12 @@ def test_url_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve_url(None) == "sqlite:///conveyor.db"
 
 
-async def test_engines_not_built_yet_say_so() -> None:
+async def test_an_engine_missing_from_the_installation_says_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from conveyor import backends
+
+    monkeypatch.setitem(backends._ENGINES, "redis", ("conveyor.backends.absent", "X", "redis"))
     app = conveyor.App("redis://127.0.0.1:6379/0")
     with pytest.raises(BackendUnavailable, match="not available"):
         await app.backend()
