@@ -422,3 +422,49 @@ def test_tenant_max_running_and_weight_through_the_app(app: conveyor.App) -> Non
     assert stats[("default", "org-7")].max_running == 2
     with pytest.raises(ValueError, match="weight must be > 0"):
         app.set_tenant("org-7", weight=0)
+
+
+def test_worker_that_cannot_renew_stops_the_job_itself(
+    app: conveyor.App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Heartbeats fail (the store is unreachable for them): before the lease can expire
+    and another worker take over, the worker stops the job on its own."""
+    from conveyor.worker import loop
+
+    real_create = loop.create_backend
+
+    def create_with_failing_heartbeats(url: str, **kwargs: object) -> object:
+        backend = real_create(url, **kwargs)  # type: ignore[arg-type]
+
+        async def heartbeat(*_a: object, **_k: object) -> object:
+            raise ConnectionError("store unreachable (injected)")
+
+        backend.heartbeat = heartbeat  # type: ignore[method-assign]
+        return backend
+
+    monkeypatch.setattr(loop, "create_backend", create_with_failing_heartbeats)
+    started, stopped = threading.Event(), threading.Event()
+
+    @app.task(name="long_job")
+    async def long_job() -> None:
+        started.set()
+        try:
+            await asyncio.sleep(30)
+        finally:
+            stopped.set()
+
+    h = long_job.enqueue()
+    worker = conveyor.Worker(app, lease=3.0, handle_signals=False, maintenance_interval=60)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        assert started.wait(5)
+        t0 = time.monotonic()
+        assert stopped.wait(5), "the job kept running without a lease"
+        # The guarantee itself, not a speed target: stopped before its 3 s lease ran out.
+        assert time.monotonic() - t0 < 3.0
+    finally:
+        worker.stop()
+        thread.join(10)
+    # Its outcome was dropped: the job is still ours on paper until the reaper takes it.
+    assert h.info().state is JobState.RUNNING

@@ -403,7 +403,13 @@ class Worker:
             await self._call("progress", functools.partial(backend.progress, lease, *value))
         while self._pending:
             batch, self._pending = self._pending[:_FLUSH_BATCH], self._pending[_FLUSH_BATCH:]
-            accepted = await self._call("finish", functools.partial(backend.finish, batch))
+            try:
+                accepted = await self._call("finish", functools.partial(backend.finish, batch))
+            except asyncio.CancelledError:
+                # Shutdown cancelled us mid-send: the final flush sends these again (if
+                # the first send landed, fencing turns the repeat into a no-op).
+                self._pending[:0] = batch
+                raise
             if accepted is None:
                 self._pending[:0] = batch  # keep them; the store is having a moment
                 await self._sleep(0.2)
@@ -441,8 +447,10 @@ class Worker:
             if reply is None:
                 # Could not renew: stop what we can no longer vouch for before the lease
                 # ends, so the reaper's hand-over to another worker never overlaps us.
+                # The next try comes one interval from now, so decide now if that would
+                # be too late.
                 for a in attempts:
-                    if time.monotonic() - a.renewed_at > self.lease * 0.8:
+                    if time.monotonic() - a.renewed_at + interval >= self.lease * 0.9:
                         self._stop_attempt(a, "lost")
                 continue
             for a in attempts:
