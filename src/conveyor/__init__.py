@@ -9,6 +9,7 @@ from conveyor.errors import ConveyorError, InvalidTransition, JobFailed, JobNotF
 from conveyor.handle import JobHandle
 from conveyor.job import Job, JobError, JobState
 from conveyor.retry import Backoff, Fail, Retry
+from conveyor.sandbox import Sandbox
 from conveyor.task import BoundTask, Signature, Task
 from conveyor.worker import Worker
 
@@ -29,6 +30,7 @@ __all__ = [
     "JobNotFound",
     "JobState",
     "Retry",
+    "Sandbox",
     "Signature",
     "Task",
     "Worker",

@@ -21,6 +21,7 @@ from conveyor.handle import JobHandle
 from conveyor.job import Job, JobState, new_job_id, to_timestamp
 from conveyor.portal import Portal
 from conveyor.retry import Backoff
+from conveyor.sandbox import Sandbox
 from conveyor.serialize import DEFAULT_MAX_PAYLOAD, encode_arguments
 from conveyor.task import EnqueueOptions, Signature, Task
 
@@ -89,6 +90,7 @@ class App:
         timeout: float | None = None,
         concurrency: int | None = None,
         result_ttl: float | None = None,
+        sandbox: Sandbox | None = None,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(
@@ -104,6 +106,7 @@ class App:
         timeout: float | None = None,
         concurrency: int | None = None,
         result_ttl: float | None = None,
+        sandbox: Sandbox | None = None,
     ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
         """Register a task, bare (``@app.task``) or with options (``@app.task(...)``)."""
         if priority is not None:
@@ -127,6 +130,7 @@ class App:
                 timeout=timeout,
                 concurrency=concurrency,
                 result_ttl=result_ttl,
+                sandbox=sandbox,
             )
             self.tasks[task_name] = task
             return task

@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from conveyor.retry import Backoff
+from conveyor.sandbox import Sandbox
 
 if TYPE_CHECKING:
     from conveyor.app import App
@@ -69,7 +70,10 @@ class Task(Generic[P, R]):
         timeout: float | None,
         concurrency: int | None,
         result_ttl: float | None,
+        sandbox: Sandbox | None = None,
     ) -> None:
+        if sandbox is not None and not isinstance(sandbox, Sandbox):
+            raise TypeError(f"task {name!r}: sandbox must be a conveyor.Sandbox")
         if concurrency is not None and (isinstance(concurrency, bool) or concurrency < 1):
             raise ValueError(f"task {name!r}: concurrency must be an integer >= 1")
         if timeout is not None and timeout <= 0:
@@ -84,6 +88,8 @@ class Task(Generic[P, R]):
         self.timeout = timeout
         self.concurrency = concurrency
         self.result_ttl = result_ttl
+        #: Run each attempt in a limited child process (``conveyor.Sandbox``).
+        self.sandbox = sandbox
         self.is_async = inspect.iscoroutinefunction(fn)
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn

@@ -19,6 +19,7 @@ EXPECTED = {
     "JobNotFound",
     "JobState",
     "Retry",
+    "Sandbox",
     "Signature",
     "Task",
     "Worker",

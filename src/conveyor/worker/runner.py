@@ -14,8 +14,10 @@ from typing import Any
 from conveyor.backends.base import ClaimedJob, Outcome, OutcomeKind
 from conveyor.context import JobContext, _current
 from conveyor.retry import Fail, Retry
+from conveyor.sandbox import SANDBOX_LIMIT_ERROR
 from conveyor.serialize import dumps, loads
 from conveyor.task import Task
+from conveyor.worker.sandbox import SandboxEnd, run_in_sandbox
 
 
 class _TimedOut(Exception):
@@ -96,6 +98,9 @@ async def run_attempt(
         return dead(job, "InvalidPayload", f"stored arguments are not valid JSON: {exc}")
     if not isinstance(args, list) or not isinstance(kwargs, dict):
         return dead(job, "InvalidPayload", "stored arguments must be a JSON list and object")
+    if task.sandbox is not None:
+        end = await run_in_sandbox(task, ctx, args, kwargs, job.timeout)
+        return _sandbox_outcome(job, task, end)
 
     token = _current.set(ctx)
     try:
@@ -134,3 +139,22 @@ async def run_attempt(
     except TypeError as exc:
         return failed(job, task, "TypeError", str(exc))
     return Outcome(job.id, job.lease_token, OutcomeKind.SUCCEEDED, result_json=result_json)
+
+
+def _sandbox_outcome(job: ClaimedJob, task: Task[Any, Any], end: SandboxEnd) -> Outcome:
+    """The same policy as in-process attempts, plus broken limits: ``dead`` unless the
+    task's ``Sandbox(retry_on_limit=True)`` (running it again would break it again)."""
+    if end.kind == "result":
+        return Outcome(job.id, job.lease_token, OutcomeKind.SUCCEEDED, result_json=end.result_json)
+    if end.kind == "limit":
+        assert task.sandbox is not None
+        if task.sandbox.retry_on_limit:
+            return failed(job, task, SANDBOX_LIMIT_ERROR, end.message)
+        return dead(job, SANDBOX_LIMIT_ERROR, end.message)
+    if end.kind == "retry":
+        return failed(job, task, "Retry", end.message, None, delay=end.delay)
+    if end.kind == "fail":
+        return dead(job, end.type, end.message)
+    if end.kind == "timeout":
+        return failed(job, task, "TimeoutError", end.message)
+    return failed(job, task, end.type, end.message, end.traceback)
