@@ -7,6 +7,7 @@ a job that does not exist (or cannot be changed) exits 1, and neither prints a t
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -525,6 +526,29 @@ def cancel(cfg: _State, job_id: str) -> None:
         click.echo(f"cancel requested for {job_id}: its worker stops it at the next heartbeat")
     else:
         raise CliError(f"job {job_id} already {after.value}; nothing to cancel")
+
+
+@cli.command()
+@click.pass_obj
+def migrate(cfg: _State) -> None:
+    """Create or upgrade the store's schema (safe to run again, and concurrently)."""
+    from conveyor.backends import create_backend
+
+    app = cfg.app()
+
+    async def run() -> list[int]:
+        backend = create_backend(app.url)
+        try:
+            return await backend.migrate()
+        finally:
+            await backend.close()
+
+    with _store_errors():
+        applied = asyncio.run(run())
+    if applied:
+        click.echo(f"applied migration(s) {', '.join(map(str, applied))}")
+    else:
+        click.echo("schema is up to date")
 
 
 @cli.command()

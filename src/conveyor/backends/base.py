@@ -168,6 +168,15 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None: ...
 
+    async def migrate(self) -> list[int]:
+        """Create or upgrade the schema; returns the versions applied (``conveyor migrate``).
+
+        Idempotent and safe from many processes at once. Engines whose ``open()`` sets
+        up everything keep this default.
+        """
+        await self.open()
+        return []
+
     @abc.abstractmethod
     async def now(self) -> float:
         """The store's clock (or the injected test clock)."""
