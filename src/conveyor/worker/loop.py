@@ -230,6 +230,7 @@ class Worker:
             free = self.concurrency - len(self._running)
             claimed: list[ClaimedJob] = []
             if free > 0:
+                asked_at = time.monotonic()  # the store's lease starts no earlier
                 got = await self._call(
                     "claim",
                     functools.partial(
@@ -248,7 +249,7 @@ class Worker:
                 errors = 0
                 claimed = got
                 for job in claimed:
-                    self._start(job)
+                    self._start(job, asked_at)
             if len(claimed) < free:
                 if burst and not self._running and not self._pending and await self._idle():
                     return
@@ -283,12 +284,18 @@ class Worker:
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._drain_now.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await self._drain_now.wait()
 
     # -- running -------------------------------------------------------------------------
-    def _start(self, job: ClaimedJob) -> None:
+    def _start(self, job: ClaimedJob, asked_at: float) -> None:
+        previous = self._running.get(job.id)
+        if previous is not None:
+            # The store handed this job out again, so the lease of our earlier attempt
+            # is gone (it stalled past its lease): stop that attempt, do not shadow it.
+            self._stop_attempt(previous, "lost")
         task = self.app.tasks.get(job.task)
-        attempt = _Attempt(job=job, ctx=None, renewed_at=time.monotonic())
+        attempt = _Attempt(job=job, ctx=None, renewed_at=asked_at)
         if task is not None:
             attempt.ctx = JobContext(
                 id=job.id,
@@ -311,7 +318,8 @@ class Worker:
 
     def _finished(self, attempt: _Attempt, _done: object = None) -> None:
         job = attempt.job
-        self._running.pop(job.id, None)
+        if self._running.get(job.id) is attempt:  # not a newer attempt of the same job
+            del self._running[job.id]
         assert attempt.task is not None
         reason = attempt.stop_reason
         outcome: Outcome | None
@@ -441,17 +449,18 @@ class Worker:
                 continue
             sent_at = time.monotonic()
             leases = [Lease(a.job.id, a.job.lease_token) for a in attempts]
-            reply = await self._call(
-                "heartbeat", functools.partial(backend.heartbeat, leases, lease=self.lease)
+            call = asyncio.ensure_future(
+                self._call(
+                    "heartbeat", functools.partial(backend.heartbeat, leases, lease=self.lease)
+                )
             )
+            # A store that hangs (a held lock, a black-holed connection) is as bad as
+            # one that fails: while the answer is late, keep applying the rule below.
+            while not (await asyncio.wait({call}, timeout=interval))[0]:
+                self._stop_unrenewed(attempts, interval)
+            reply = call.result()
             if reply is None:
-                # Could not renew: stop what we can no longer vouch for before the lease
-                # ends, so the reaper's hand-over to another worker never overlaps us.
-                # The next try comes one interval from now, so decide now if that would
-                # be too late.
-                for a in attempts:
-                    if time.monotonic() - a.renewed_at + interval >= self.lease * 0.9:
-                        self._stop_attempt(a, "lost")
+                self._stop_unrenewed(attempts, interval)
                 continue
             for a in attempts:
                 if a.job.id in reply.lost:
@@ -461,6 +470,14 @@ class Worker:
                 if a.job.id in reply.cancel_requested and a.ctx is not None:
                     a.ctx._cancel_requested = True
                     self._stop_attempt(a, "cancel")
+
+    def _stop_unrenewed(self, attempts: Sequence[_Attempt], interval: float) -> None:
+        """Could not renew: stop what we can no longer vouch for before the lease ends,
+        so the reaper's hand-over to another worker never overlaps us. The next try
+        comes one interval from now, so decide now if that would be too late."""
+        for a in attempts:
+            if time.monotonic() - a.renewed_at + interval >= self.lease * 0.9:
+                self._stop_attempt(a, "lost")
 
     async def _maintenance_loop(self) -> None:
         backend = self._backend

@@ -94,7 +94,9 @@ async def run_attempt(
     try:
         args = loads(job.args_json)
         kwargs = loads(job.kwargs_json)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
+        # RecursionError: nesting too deep to decode. Only a record written around the
+        # API can hold it; it must be dead-lettered, not crash (and so loop) the worker.
         return dead(job, "InvalidPayload", f"stored arguments are not valid JSON: {exc}")
     if not isinstance(args, list) or not isinstance(kwargs, dict):
         return dead(job, "InvalidPayload", "stored arguments must be a JSON list and object")
@@ -103,26 +105,25 @@ async def run_attempt(
         return _sandbox_outcome(job, task, end)
 
     token = _current.set(ctx)
+    # One timeout scope for both kinds (not asyncio.wait_for, which on Python 3.11 can
+    # swallow the worker's own cancellation of the attempt).
+    scope = asyncio.timeout(job.timeout)
     try:
-        if task.is_async:
-            scope = asyncio.timeout(job.timeout)
-            try:
-                async with scope:
+        try:
+            async with scope:
+                if task.is_async:
                     result = await task.fn(*args, **kwargs)
-            except TimeoutError:
-                if scope.expired():
-                    raise _TimedOut from None
+                else:
+                    call = functools.partial(
+                        contextvars.copy_context().run, task.fn, *args, **kwargs
+                    )
+                    result = await asyncio.get_running_loop().run_in_executor(executor, call)
+        except TimeoutError:
+            if not scope.expired():  # the task raised TimeoutError itself
                 raise
-        else:
-            call = functools.partial(contextvars.copy_context().run, task.fn, *args, **kwargs)
-            future = asyncio.get_running_loop().run_in_executor(executor, call)
-            try:
-                result = await asyncio.wait_for(future, job.timeout)
-            except TimeoutError:
-                if future.cancelled():  # our timeout, not one the task raised
-                    on_stuck()  # the thread runs on; the worker decides what to do
-                    raise _TimedOut from None
-                raise
+            if not task.is_async:
+                on_stuck()  # its thread runs on; the worker decides what to do
+            raise _TimedOut from None
     except _TimedOut:
         return failed(job, task, "TimeoutError", f"timed out after {job.timeout:g} s")
     except Retry as exc:

@@ -189,7 +189,8 @@ class _Child:
                 )
             self._event.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._event.wait(), min(_POLL, deadline - elapsed))
+                async with asyncio.timeout(min(_POLL, deadline - elapsed)):
+                    await self._event.wait()
         self.end()  # the task's own leftover processes go too
         return self._how_it_ended()
 

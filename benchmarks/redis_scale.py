@@ -1,0 +1,150 @@
+"""Redis backend: dequeue cost stays flat as the backlog and the tenant count grow.
+
+    python benchmarks/redis_scale.py --url redis://127.0.0.1:6379/0
+
+Measures claim(10) + finish(10) round trips through the backend protocol (no worker
+process, so only the store's cost moves) in four setups, each in its own key prefix
+that is deleted afterwards:
+
+    backlog  10,000 queued jobs, one tenant      vs  1,000,000 queued jobs, one tenant
+    tenants  one tenant, 100,000 jobs            vs  10,000 tenants x 10 jobs
+
+and prints the ratio against the issue's bar: the big case keeps >= 80 % of the small
+case's rate. The two stores of a comparison are measured in alternating chunks, so that
+the load of other work on the machine affects both alike.
+Needs about 1 GB of free memory in Redis for the 1,000,000-job case; use a server of
+your own (it writes a lot), e.g. ``redis-server --port 6390 --save ''``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import time
+import uuid
+from typing import Any
+
+import redis
+from conveyor.backends import create_backend
+from conveyor.backends.base import Backend, NewJob, Outcome, OutcomeKind
+from conveyor.job import new_job_id
+
+BATCH = 10_000
+
+
+def new_job(tenant: str | None) -> NewJob:
+    return NewJob(
+        id=new_job_id(),
+        task="bench.noop",
+        queue="default",
+        tenant=tenant,
+        priority=5,
+        args_json="[]",
+        kwargs_json="{}",
+        max_attempts=3,
+        result_ttl=3600.0,
+    )
+
+
+async def fill(backend: Backend, jobs: int, tenants: int) -> float:
+    started = time.perf_counter()
+    for offset in range(0, jobs, BATCH):
+        batch = [
+            new_job(None if tenants == 1 else f"tenant-{(offset + i) % tenants}")
+            for i in range(min(BATCH, jobs - offset))
+        ]
+        await backend.enqueue(batch)
+    return jobs / (time.perf_counter() - started)
+
+
+async def drain_rate(backend: Backend, jobs: int, limit: int = 10) -> float:
+    """Claim+finish throughput over ``jobs`` jobs."""
+    done = 0
+    started = time.perf_counter()
+    while done < jobs:
+        got = await backend.claim(["default"], limit, worker="bench", lease=60.0)
+        if not got:
+            break
+        await backend.finish([Outcome(j.id, j.lease_token, OutcomeKind.SUCCEEDED) for j in got])
+        done += len(got)
+    return done / (time.perf_counter() - started)
+
+
+def delete_prefix(url: str, prefix: str) -> None:
+    client = redis.Redis.from_url(url)
+    try:
+        batch = []
+        for key in client.scan_iter(match=f"{{{prefix}}}:*", count=5000):
+            batch.append(key)
+            if len(batch) >= 5000:
+                client.unlink(*batch)
+                batch.clear()
+        if batch:
+            client.unlink(*batch)
+    finally:
+        client.close()
+
+
+async def compare(
+    url: str, small: tuple[int, int], big: tuple[int, int], rounds: int, chunk: int
+) -> dict[str, Any]:
+    """Fill two stores, then measure them in alternating chunks, so that drifting load
+    on the machine hits both alike; the ratio is the median of per-round ratios."""
+    prefixes = [f"scale-{uuid.uuid4().hex[:12]}" for _ in range(2)]
+    backends = [create_backend(f"{url}?prefix={p}") for p in prefixes]
+    try:
+        enqueue_rates = []
+        for backend, (jobs, tenants) in zip(backends, (small, big), strict=True):
+            await backend.open()
+            enqueue_rates.append(round(await fill(backend, jobs, tenants)))
+        for backend in backends:  # warm-up
+            await drain_rate(backend, 200)
+        rates: list[list[float]] = [[], []]
+        for _ in range(rounds):
+            for i, backend in enumerate(backends):
+                rates[i].append(await drain_rate(backend, chunk))
+    finally:
+        for backend, prefix in zip(backends, prefixes, strict=True):
+            await backend.close()
+            delete_prefix(url, prefix)
+    ratios = sorted(b / a for a, b in zip(rates[0], rates[1], strict=True))
+    return {
+        "small": {"queued": small[0], "tenants": small[1], "enqueue_per_s": enqueue_rates[0]},
+        "big": {"queued": big[0], "tenants": big[1], "enqueue_per_s": enqueue_rates[1]},
+        "small_claim_finish_per_s": round(statistics.median(rates[0])),
+        "big_claim_finish_per_s": round(statistics.median(rates[1])),
+        "ratio": round(ratios[len(ratios) // 2], 3),
+    }
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    backlog = await compare(args.url, (10_000, 1), (args.big, 1), args.rounds, args.chunk)
+    tenants = await compare(args.url, (100_000, 1), (100_000, 10_000), args.rounds, args.chunk)
+    return {"backlog": backlog, "tenants": tenants}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--big", type=int, default=1_000_000, help="jobs in the big backlog")
+    parser.add_argument("--rounds", type=int, default=9, help="alternating measurements")
+    parser.add_argument("--chunk", type=int, default=500, help="jobs claimed per measurement")
+    parser.add_argument("--json", help="also write the results to this file")
+    args = parser.parse_args()
+    result = asyncio.run(main_async(args))
+    for name, r in result.items():
+        print(
+            f"{name}: {r['small']['queued']:,} queued / {r['small']['tenants']:,} tenant(s): "
+            f"{r['small_claim_finish_per_s']:,} jobs/s;  {r['big']['queued']:,} queued / "
+            f"{r['big']['tenants']:,} tenant(s): {r['big_claim_finish_per_s']:,} jobs/s;  "
+            f"ratio {r['ratio']:.2f} (bar 0.80)"
+        )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

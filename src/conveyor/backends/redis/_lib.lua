@@ -1,0 +1,257 @@
+-- Shared helpers, prepended to every script of the Redis backend (see _scripts.py).
+--
+-- Key layout (all keys of one queue share the queue prefix QP, which carries the hash
+-- tag; G is the prefix of store-wide keys, the same tag as the queues in the default
+-- layout):
+--   G..'j:'..id            hash   one job (fields listed in enqueue.lua)
+--   G..'keys'              hash   dedup key -> id of the active job holding it
+--   G..'taskrun'           hash   task -> running jobs of the task (task caps)
+--   G..'queues'            set    queue name -> its prefix is stored in G..'qp'
+--   G..'qp'                hash   queue name -> queue prefix QP
+--   G..'lock:'..name       hash   owner, expires_at
+--   QP..'meta'             hash   vclock (fair-share clock), aging (seconds per level)
+--   QP..'p:'..prio         zset   tenants with a ready job at prio, scored by vtime
+--   QP..'t:'..prio..':'..tenant               zset  tasks of that (prio, tenant) with ready jobs
+--   QP..'l:'..prio..':'..#tenant..':'..tenant..':'..task   zset  lane: ready ids (score 0: id order = FIFO)
+--   QP..'tv' / 'tw' / 'tm'  hash  tenant -> vtime / weight / max_running
+--   QP..'r:'..tenant        zset  ready ids of the tenant by ready_at (oldest wait);
+--                                 it exists exactly while the tenant has ready jobs
+--   QP..'s:'..state         zset  ids in that state (score 0: id order, for listing);
+--                                 not kept for 'queued': the lanes list those, and a
+--                                 claim then touches one large sorted set fewer
+--   QP..'cnt'               hash  state..':'..tenant -> count (stats)
+--   QP..'due'               zset  scheduled/retrying ids by run_at
+--   QP..'leases'            zset  running ids by lease_expires_at
+--   QP..'aging'             zset  ready ids by age_at (when aging next lifts them a level)
+--   QP..'exp'               zset  finished ids by expires_at (purge)
+--   QP..'wake'              pub/sub channel: "work may be ready in this queue"
+-- Tenants are '' for the default tenant. Times are seconds since the epoch; every
+-- number written is formatted with %.17g so that it reads back as the same double.
+
+local function fmt(x)
+    return string.format('%.17g', x)
+end
+
+-- The store's clock: the injected test clock if the caller passed one, else Redis TIME.
+local function clock(arg)
+    if arg ~= nil and arg ~= '' then
+        return tonumber(arg)
+    end
+    local t = redis.call('TIME')
+    return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+
+local function jkey(G, id)
+    return G .. 'j:' .. id
+end
+
+local function lane_key(QP, prio, tenant, task)
+    return QP .. 'l:' .. prio .. ':' .. #tenant .. ':' .. tenant .. ':' .. task
+end
+
+-- Counts per (state, tenant) for stats; zero entries are dropped.
+local function count(QP, state, tenant, delta)
+    local field = state .. ':' .. tenant
+    if redis.call('HINCRBY', QP .. 'cnt', field, delta) <= 0 then
+        redis.call('HDEL', QP .. 'cnt', field)
+    end
+end
+
+local function set_state(G, QP, id, tenant, old, new)
+    if old ~= nil then
+        if old ~= 'queued' then
+            redis.call('ZREM', QP .. 's:' .. old, id)
+        end
+        count(QP, old, tenant, -1)
+    end
+    if new ~= 'queued' then
+        redis.call('ZADD', QP .. 's:' .. new, 0, id)
+    end
+    count(QP, new, tenant, 1)
+    redis.call('HSET', jkey(G, id), 'state', new)
+end
+
+-- A job joins its lane; the (prio, tenant) and the tenant's level entry appear when the
+-- first job arrives. The level entry is scored by the tenant's current vtime.
+local function lane_add(QP, prio, tenant, task, id)
+    local lane = lane_key(QP, prio, tenant, task)
+    redis.call('ZADD', lane, 0, id)
+    if redis.call('ZCARD', lane) == 1 then
+        local pt = QP .. 't:' .. prio .. ':' .. tenant
+        redis.call('ZADD', pt, 0, task)
+        if redis.call('ZCARD', pt) == 1 then
+            local vt = redis.call('HGET', QP .. 'tv', tenant) or '0'
+            redis.call('ZADD', QP .. 'p:' .. prio, vt, tenant)
+        end
+    end
+end
+
+local function lane_remove(QP, prio, tenant, task, id)
+    local lane = lane_key(QP, prio, tenant, task)
+    if redis.call('ZREM', lane, id) == 1 and redis.call('ZCARD', lane) == 0 then
+        local pt = QP .. 't:' .. prio .. ':' .. tenant
+        redis.call('ZREM', pt, task)
+        if redis.call('ZCARD', pt) == 0 then
+            redis.call('ZREM', QP .. 'p:' .. prio, tenant)
+        end
+    end
+end
+
+local function aging_of(QP)
+    local a = redis.call('HGET', QP .. 'meta', 'aging')
+    if a then
+        return tonumber(a)
+    end
+    return nil
+end
+
+-- A job becomes queued (state already set by the caller). A tenant that had no ready
+-- job starts at max(its vtime, the queue's vclock): idleness banks no credit.
+-- The job's priority is reset to its base level and aging starts over from ready_at.
+local function make_ready(G, QP, id, tenant, task, base, ready_at)
+    if redis.call('EXISTS', QP .. 'r:' .. tenant) == 0 then
+        local vclock = tonumber(redis.call('HGET', QP .. 'meta', 'vclock') or '0')
+        local current = redis.call('HGET', QP .. 'tv', tenant)
+        local vt = tonumber(current or '0')
+        if not current or vclock > vt then
+            redis.call('HSET', QP .. 'tv', tenant, fmt(math.max(vt, vclock)))
+        end
+    end
+    lane_add(QP, base, tenant, task, id)
+    redis.call('ZADD', QP .. 'r:' .. tenant, fmt(ready_at), id)
+    local key = jkey(G, id)
+    local aging = aging_of(QP)
+    if aging and tonumber(base) > 0 then
+        local age_at = ready_at + aging
+        redis.call('HSET', key, 'priority', base, 'ready_at', fmt(ready_at), 'age_at', fmt(age_at))
+        redis.call('ZADD', QP .. 'aging', fmt(age_at), id)
+    else
+        redis.call('HSET', key, 'priority', base, 'ready_at', fmt(ready_at))
+        redis.call('HDEL', key, 'age_at')
+    end
+end
+
+-- A queued job leaves the ready structures (claim or cancel).
+local function unready(QP, id, tenant, task, prio)
+    lane_remove(QP, prio, tenant, task, id)
+    redis.call('ZREM', QP .. 'r:' .. tenant, id)
+    redis.call('ZREM', QP .. 'aging', id)
+end
+
+-- A running job stops running (any path): its lease and its cap slots are freed.
+local function unrun(G, QP, id, tenant, task)
+    redis.call('ZREM', QP .. 'leases', id)
+    if redis.call('HINCRBY', G .. 'taskrun', task, -1) <= 0 then
+        redis.call('HDEL', G .. 'taskrun', task)
+    end
+    redis.call('HDEL', jkey(G, id), 'lease_token', 'lease_expires_at')
+end
+
+-- A job reached a final state: its dedup key is free again.
+local function release_key(G, id, key)
+    if key and key ~= '' and redis.call('HGET', G .. 'keys', key) == id then
+        redis.call('HDEL', G .. 'keys', key)
+    end
+end
+
+-- Finished (succeeded or cancelled): the record expires result_ttl after now.
+local function set_expiry(G, QP, id, ttl, now)
+    if ttl and ttl ~= '' then
+        local at = now + tonumber(ttl)
+        redis.call('HSET', jkey(G, id), 'expires_at', fmt(at))
+        redis.call('ZADD', QP .. 'exp', fmt(at), id)
+    end
+end
+
+local function append_error(G, id, err)
+    if err == nil or err == '' then
+        return
+    end
+    local key = jkey(G, id)
+    local errors = redis.call('HGET', key, 'errors')
+    if not errors or errors == '[]' then
+        errors = '[' .. err .. ']'
+    else
+        errors = string.sub(errors, 1, -2) .. ',' .. err .. ']'
+    end
+    redis.call('HSET', key, 'errors', errors)
+end
+
+-- Due scheduled/retrying jobs -> queued (at most limit; -1 for all), then aging steps.
+-- Returns the number of changes (promotions plus one per level a job moved up).
+local function promote_queue(G, QP, now, limit)
+    local changed = 0
+    local due
+    if limit < 0 then
+        due = redis.call('ZRANGE', QP .. 'due', '-inf', fmt(now), 'BYSCORE')
+    else
+        due = redis.call('ZRANGE', QP .. 'due', '-inf', fmt(now), 'BYSCORE', 'LIMIT', 0, limit)
+    end
+    for _, id in ipairs(due) do
+        local key = jkey(G, id)
+        local f = redis.call('HMGET', key, 'state', 'tenant', 'task', 'base_priority', 'run_at')
+        redis.call('ZREM', QP .. 'due', id)
+        if f[1] == 'scheduled' or f[1] == 'retrying' then
+            set_state(G, QP, id, f[2], f[1], 'queued')
+            -- It has been ready since it fell due, even when promotion runs late.
+            make_ready(G, QP, id, f[2], f[3], f[4], tonumber(f[5]))
+            changed = changed + 1
+        end
+    end
+    local aging = aging_of(QP)
+    if aging then
+        local aged = redis.call('ZRANGE', QP .. 'aging', '-inf', fmt(now), 'BYSCORE')
+        for _, id in ipairs(aged) do
+            local key = jkey(G, id)
+            local f = redis.call('HMGET', key, 'tenant', 'task', 'priority', 'age_at')
+            local prio = tonumber(f[3])
+            local age_at = tonumber(f[4])
+            local lifted = prio
+            while lifted > 0 and age_at <= now do
+                lifted = lifted - 1
+                age_at = age_at + aging
+                changed = changed + 1
+            end
+            lane_remove(QP, prio, f[1], f[2], id)
+            lane_add(QP, lifted, f[1], f[2], id)
+            if lifted > 0 then
+                redis.call('HSET', key, 'priority', lifted, 'age_at', fmt(age_at))
+                redis.call('ZADD', QP .. 'aging', fmt(age_at), id)
+            else
+                redis.call('HSET', key, 'priority', lifted)
+                redis.call('HDEL', key, 'age_at')
+                redis.call('ZREM', QP .. 'aging', id)
+            end
+        end
+    end
+    return changed
+end
+
+-- Ids of every ready job of a queue (operator paths only: O(ready jobs)).
+local function ready_ids(QP)
+    local ids, seen = {}, {}
+    for prio = 0, 9 do
+        for _, tenant in ipairs(redis.call('ZRANGE', QP .. 'p:' .. prio, 0, -1)) do
+            if not seen[tenant] then
+                seen[tenant] = true
+                for _, id in ipairs(redis.call('ZRANGE', QP .. 'r:' .. tenant, 0, -1)) do
+                    ids[#ids + 1] = id
+                end
+            end
+        end
+    end
+    return ids
+end
+
+-- Is any job ready in the queue? (Some tenant is at some priority level.)
+local function any_ready(QP)
+    local levels = {}
+    for prio = 0, 9 do
+        levels[#levels + 1] = QP .. 'p:' .. prio
+    end
+    return redis.call('EXISTS', unpack(levels)) > 0
+end
+
+local function wake(QP)
+    redis.call('PUBLISH', QP .. 'wake', '1')
+end

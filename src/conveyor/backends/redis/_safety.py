@@ -1,0 +1,68 @@
+"""Checks that the Redis server will not lose jobs behind Conveyor's back.
+
+* ``maxmemory-policy`` other than ``noeviction`` lets Redis delete keys under memory
+  pressure: jobs (or the indexes that find them) would vanish without a trace. Opening
+  refuses such a server unless the URL says ``?allow_eviction=1``.
+* With neither AOF nor RDB snapshots, a restart loses every job. That is a legitimate
+  choice (tests, caches of work that can be recreated), so it is only a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from redis.exceptions import ResponseError
+
+from conveyor.errors import ConveyorError
+
+log = logging.getLogger("conveyor.redis")
+_warned: set[str] = set()
+
+
+class UnsafeServerError(ConveyorError):
+    """The Redis server is configured in a way that can silently lose jobs."""
+
+
+async def server_settings(client: Any) -> dict[str, str]:
+    """maxmemory-policy, appendonly and save, from CONFIG or (where CONFIG is disabled,
+    as on some managed services) from INFO."""
+    try:
+        settings: dict[str, str] = {}
+        for name in ("maxmemory-policy", "appendonly", "save"):
+            settings.update(await client.config_get(name))
+        return settings
+    except ResponseError:
+        info = await client.info("memory")
+        info.update(await client.info("persistence"))
+        return {
+            "maxmemory-policy": str(info.get("maxmemory_policy", "noeviction")),
+            "appendonly": "yes" if int(info.get("aof_enabled", 0)) else "no",
+            # INFO does not show the save schedule; assume snapshots are configured.
+            "save": "unknown",
+        }
+
+
+async def check_server(client: Any, where: str, *, allow_eviction: bool) -> None:
+    settings = await server_settings(client)
+    policy = settings.get("maxmemory-policy", "noeviction")
+    if policy != "noeviction":
+        message = (
+            f"Redis at {where} has maxmemory-policy={policy}: under memory pressure it "
+            "deletes keys, and jobs would vanish silently. Set maxmemory-policy noeviction "
+            "(then a full server refuses new jobs with an error instead), or add "
+            "?allow_eviction=1 to the URL to accept the risk."
+        )
+        if not allow_eviction:
+            raise UnsafeServerError(message)
+        if where not in _warned:
+            log.warning("%s (allowed by allow_eviction=1)", message)
+    no_aof = settings.get("appendonly", "no") != "yes"
+    no_rdb = settings.get("save", "") in ("", '""')
+    if no_aof and no_rdb and where not in _warned:
+        log.warning(
+            "Redis at %s has no persistence (appendonly no, no save schedule): a restart "
+            "of the server loses every job. Enable AOF (appendonly yes) for durable jobs.",
+            where,
+        )
+    _warned.add(where)

@@ -1,0 +1,51 @@
+"""The Lua scripts, one per primitive, loaded as package resources.
+
+Each ``<name>.lua`` file is prefixed with ``_lib.lua`` (shared helpers) and registered
+with redis-py, which runs it by ``EVALSHA`` and loads it again (``SCRIPT LOAD``) after a
+``NOSCRIPT`` reply, e.g. after the server restarted or was flushed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from importlib import resources
+from typing import Any
+
+from redis.commands.core import AsyncScript
+
+_PACKAGE = "conveyor.backends.redis"
+
+
+def _source(name: str) -> str:
+    return resources.files(_PACKAGE).joinpath(f"{name}.lua").read_text(encoding="utf-8")
+
+
+@dataclass(frozen=True, slots=True)
+class Scripts:
+    enqueue: AsyncScript
+    claim: AsyncScript
+    heartbeat: AsyncScript
+    finish: AsyncScript
+    progress: AsyncScript
+    reap: AsyncScript
+    promote: AsyncScript
+    purge: AsyncScript
+    try_lock: AsyncScript
+    unlock: AsyncScript
+    cancel: AsyncScript
+    replay: AsyncScript
+    set_tenant: AsyncScript
+    set_queue: AsyncScript
+    stats: AsyncScript
+    query: AsyncScript
+    probe: AsyncScript
+
+    @classmethod
+    def register(cls, client: Any) -> Scripts:
+        lib = _source("_lib")
+        return cls(
+            **{
+                f.name: client.register_script(f"{lib}\n-- {f.name}.lua\n{_source(f.name)}")
+                for f in fields(cls)
+            }
+        )

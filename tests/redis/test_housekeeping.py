@@ -1,0 +1,46 @@
+"""Purge forgets idle tenants, so per-tenant state does not grow without bound."""
+
+from __future__ import annotations
+
+import redis
+from conveyor.backends import create_backend
+from conveyor.backends.base import NewJob, Outcome, OutcomeKind
+from conveyor.job import new_job_id
+
+
+def job(tenant: str) -> NewJob:
+    return NewJob(
+        id=new_job_id(),
+        task="t",
+        queue="default",
+        tenant=tenant,
+        priority=5,
+        args_json="[]",
+        kwargs_json="{}",
+        max_attempts=1,
+    )
+
+
+async def test_purge_forgets_idle_tenants_but_keeps_debts(store_url: str) -> None:
+    backend = create_backend(store_url)
+    await backend.open()
+    try:
+        await backend.enqueue([job(f"small-{i}") for i in range(10)])
+        await backend.enqueue([job("big") for _ in range(40)])
+        done = 0
+        while batch := await backend.claim(["default"], 10, worker="w", lease=30.0):
+            outcomes = [Outcome(j.id, j.lease_token, OutcomeKind.SUCCEEDED) for j in batch]
+            assert await backend.finish(outcomes) == [True] * len(batch)
+            done += len(batch)
+        assert done == 50
+        await backend.purge()
+        tenant_key = backend.keys.queue("default") + "tv"  # type: ignore[attr-defined]
+        client = redis.Redis.from_url(store_url.split("?", 1)[0], decode_responses=True)
+        try:
+            # The small tenants are behind the queue's clock: forgotten. "big" ran last
+            # and is one turn ahead: it keeps that debt.
+            assert client.hkeys(tenant_key) == ["big"]
+        finally:
+            client.close()
+    finally:
+        await backend.close()
