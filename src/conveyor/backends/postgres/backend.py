@@ -1,0 +1,528 @@
+"""The PostgreSQL backend: durable, multi-machine (``postgresql://...?schema=name``).
+
+Design notes (the why):
+
+* Every primitive is ONE transaction, and nearly every one is ONE statement sent on an
+  autocommit connection (claim, heartbeat, finish, enqueue without keys, reap, ...), so
+  a primitive costs one round trip; multi-statement primitives (dedup enqueue, cancel,
+  replay, migrations) use an explicit transaction.
+* The claim is a PL/pgSQL function (``conveyor_claim`` in the schema): it takes
+  transaction-level advisory locks (the claim's queues, then its capped tasks, each in
+  name order, so claimers never deadlock) and then picks jobs one by one with the exact
+  priority -> tenant virtual time -> FIFO order and the caps, all inside the database.
+  Claimers of different queues run in parallel; claimers of one queue take turns, which
+  is what makes fairness and caps exact with many workers.
+* There are no counter tables for enqueue or finish to update: running jobs are few, and
+  the claim counts them from small partial indexes. Enqueue and finish touch only their
+  own job rows, so producers and workers never queue up on a shared hot row.
+* Wake-ups use LISTEN/NOTIFY on channel ``conveyor_<schema>`` (payload: queue name). An
+  insert trigger notifies, so an enqueue inside a caller's transaction wakes workers iff
+  it commits. Finish, reap, promote, replay and settings notify explicitly.
+* Times come from the database (``now()``) unless a test clock is injected; then every
+  statement gets the time as its ``now`` parameter instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import random
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+import psycopg
+from psycopg.rows import tuple_row
+from psycopg_pool import AsyncConnectionPool
+
+from conveyor.backends.base import (
+    Backend,
+    Capabilities,
+    ClaimedJob,
+    Clock,
+    HeartbeatReply,
+    Lease,
+    NewJob,
+    Outcome,
+    QueueStats,
+)
+from conveyor.backends.postgres import _sql, _url
+from conveyor.backends.postgres._listen import Listener, Mark, Snapshot
+from conveyor.backends.postgres._migrate import migrate_on
+from conveyor.backends.sqlite._records import build_stats, job_from_row
+from conveyor.errors import InvalidTransition
+from conveyor.job import Job, JobState
+
+Conn = psycopg.AsyncConnection[Any]
+
+POOL_MIN = 1
+POOL_MAX = 4
+#: Seconds a primitive waits for a pooled connection before failing (transiently).
+POOL_TIMEOUT = 10.0
+#: Finished jobs deleted per purge transaction: short transactions, small WAL bursts.
+PURGE_CHUNK = 5000
+#: Poll interval ceiling while the LISTEN connection is down (jittered below it).
+POLL_FALLBACK = 0.25
+_WAITING = frozenset({JobState.SCHEDULED, JobState.QUEUED, JobState.RETRYING})
+_REPLAYABLE = frozenset({JobState.DEAD, JobState.CANCELLED})
+
+
+class PostgresBackend(Backend):
+    """Conveyor on PostgreSQL >= 13 (psycopg 3, async, pooled)."""
+
+    capabilities = Capabilities(push_wakeups=True, multi_host=True, transactional_enqueue=True)
+    transient_errors = (
+        psycopg.OperationalError,  # includes PoolTimeout, deadlocks, admin shutdown
+        psycopg.InterfaceError,
+        ConnectionError,
+        TimeoutError,
+    )
+
+    def __init__(self, url: str, *, clock: Clock | None = None) -> None:
+        super().__init__(url, clock=clock)
+        parsed = _url.parse(url)
+        self.schema = parsed.schema
+        self.channel = parsed.channel
+        self._conninfo = parsed.conninfo
+        self._options = f"{parsed.options} -c search_path={self.schema}".strip()
+        self._q = _sql.Queries.load(self.schema)
+        self._pool: AsyncConnectionPool[Conn] | None = None
+        self._listener: Listener | None = None
+        self._mark: Mark | None = None  # where the last claim started (see _listen.py)
+        self._checks: set[asyncio.Task[None]] = set()
+        #: Tasks with a concurrency cap, as the last claim passed them: a finish of one
+        #: of these frees a slot that a waiting worker may be blocked on, so it notifies.
+        self._capped_tasks: list[str] = []
+
+    # -- plumbing --------------------------------------------------------------------
+    def _now(self) -> float | None:
+        """The ``now`` parameter: the test clock's time, or None for the database's."""
+        return self.clock() if self.clock is not None else None
+
+    def _connect_kwargs(self) -> dict[str, Any]:
+        return {"autocommit": True, "options": self._options}
+
+    @contextlib.asynccontextmanager
+    async def _conn(self) -> AsyncIterator[Conn]:
+        pool = self._pool
+        if pool is None:
+            raise RuntimeError("the PostgreSQL backend is not open (call open() first)")
+        task = asyncio.current_task()
+        cancels = task.cancelling() if task is not None else 0
+        try:
+            async with pool.connection() as conn:
+                if task is not None and task.cancelling() > cancels:
+                    # psycopg_pool waits for a free connection with asyncio.wait_for,
+                    # which on Python < 3.12 drops a cancellation that arrives just as
+                    # a connection is handed over; a worker's side loop would then
+                    # never stop. Honour the cancellation here instead.
+                    raise asyncio.CancelledError
+                yield conn
+        except psycopg.OperationalError:
+            # The server may have restarted: have the pool drop every broken idle
+            # connection now rather than handing each one out to fail once.
+            check = asyncio.create_task(pool.check())
+            self._checks.add(check)
+            check.add_done_callback(self._checks.discard)
+            raise
+
+    async def _rows(self, query: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        async with self._conn() as conn:
+            cur = await conn.execute(query, params)
+            return await cur.fetchall()
+
+    async def _rowcount(self, query: str, params: Mapping[str, Any]) -> int:
+        async with self._conn() as conn:
+            cur = await conn.execute(query, params)
+            return cur.rowcount
+
+    # -- lifecycle -------------------------------------------------------------------
+    async def open(self) -> None:
+        if self._pool is not None:
+            return
+        pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
+            self._conninfo,
+            kwargs=self._connect_kwargs(),
+            min_size=POOL_MIN,
+            max_size=POOL_MAX,
+            timeout=POOL_TIMEOUT,
+            open=False,
+            name=f"conveyor-{self.schema}",
+        )
+        await pool.open(wait=True, timeout=POOL_TIMEOUT)
+        try:
+            async with pool.connection() as conn:
+                await migrate_on(conn, self.schema)
+            listener = Listener(self._conninfo, self.channel)
+            await listener.start()
+        except BaseException:
+            await pool.close()
+            raise
+        self._pool, self._listener = pool, listener
+
+    async def close(self) -> None:
+        listener, self._listener = self._listener, None
+        pool, self._pool = self._pool, None
+        if listener is not None:
+            await listener.stop()
+        for check in list(self._checks):
+            check.cancel()
+        if pool is not None:
+            await pool.close()
+
+    async def migrate(self) -> list[int]:
+        """Apply pending schema migrations; returns the versions applied.
+
+        Idempotent and safe to run from many processes at once (``open()`` runs it too).
+        """
+        if self._pool is not None:
+            async with self._conn() as conn:
+                return await migrate_on(conn, self.schema)
+        conn = await psycopg.AsyncConnection.connect(self._conninfo, **self._connect_kwargs())
+        async with conn:
+            return await migrate_on(conn, self.schema)
+
+    async def now(self) -> float:
+        if self.clock is not None:
+            return self.clock()
+        rows = await self._rows(self._q.clock, {"now": None})
+        return float(rows[0][0])
+
+    # -- producers -------------------------------------------------------------------
+    async def enqueue(self, jobs: Sequence[NewJob]) -> list[str]:
+        if not jobs:
+            return []
+        async with self._conn() as conn:
+            if any(job.key is not None for job in jobs):
+                # The holder lookup must see the same store as the insert did.
+                async with conn.transaction():
+                    return await self._enqueue_on(conn, jobs)
+            return await self._enqueue_on(conn, jobs)
+
+    async def _enqueue_on(self, conn: Conn, jobs: Sequence[NewJob]) -> list[str]:
+        """Insert ``jobs`` on ``conn``, inside whatever transaction it has open.
+
+        Used by ``enqueue`` on a pooled connection and by transactional enqueue on a
+        caller's own connection: every statement names the schema, and the insert
+        trigger's NOTIFY is delivered only if the caller's transaction commits. A tuple
+        row factory is set explicitly, since a caller's connection may use another.
+        """
+        cur = conn.cursor(row_factory=tuple_row)
+        await cur.execute(self._q.insert_jobs, self._insert_params(jobs))
+        inserted = {row[0] for row in await cur.fetchall()}
+        holders: dict[str, str] = {}
+        if len(inserted) < len(jobs):
+            await cur.execute(self._q.active_jobs_by_key, {"keys": _refused_keys(jobs, inserted)})
+            holders = dict(await cur.fetchall())
+        return _resolve_ids(jobs, inserted, holders)
+
+    def enqueue_in_transaction(self, connection: Any, jobs: Sequence[NewJob]) -> list[str]:
+        if not isinstance(connection, psycopg.Connection):
+            raise TypeError(
+                "connection= takes a psycopg (3) Connection here; "
+                f"got {type(connection).__name__} (use the *_async method for AsyncConnection)"
+            )
+        cur = connection.cursor(row_factory=tuple_row)
+        cur.execute(self._q.insert_jobs, self._insert_params(jobs))
+        inserted = {row[0] for row in cur.fetchall()}
+        holders: dict[str, str] = {}
+        if len(inserted) < len(jobs):
+            cur.execute(self._q.active_jobs_by_key, {"keys": _refused_keys(jobs, inserted)})
+            holders = dict(cur.fetchall())
+        return _resolve_ids(jobs, inserted, holders)
+
+    async def enqueue_in_transaction_async(
+        self, connection: Any, jobs: Sequence[NewJob]
+    ) -> list[str]:
+        if not isinstance(connection, psycopg.AsyncConnection):
+            raise TypeError(
+                "connection= takes a psycopg (3) AsyncConnection here; "
+                f"got {type(connection).__name__}"
+            )
+        return await self._enqueue_on(connection, jobs)
+
+    def _insert_params(self, jobs: Sequence[NewJob]) -> dict[str, Any]:
+        return {
+            "now": self._now(),
+            "ids": [j.id for j in jobs],
+            "tasks": [j.task for j in jobs],
+            "queues": [j.queue for j in jobs],
+            "tenants": [j.tenant or "" for j in jobs],
+            "priorities": [j.priority for j in jobs],
+            "args": [j.args_json for j in jobs],
+            "kwargs": [j.kwargs_json for j in jobs],
+            "max_attempts": [j.max_attempts for j in jobs],
+            "timeouts": [j.timeout for j in jobs],
+            "result_ttls": [j.result_ttl for j in jobs],
+            "keys": [j.key for j in jobs],
+            "run_ats": [j.run_at for j in jobs],
+            "delays": [j.delay for j in jobs],
+        }
+
+    # -- workers ---------------------------------------------------------------------
+    async def claim(
+        self,
+        queues: Sequence[str],
+        limit: int,
+        *,
+        worker: str,
+        lease: float,
+        task_caps: Mapping[str, int] | None = None,
+    ) -> list[ClaimedJob]:
+        mark = self._listener.mark() if self._listener is not None else None
+        self._mark = mark
+        if limit <= 0 or not queues:
+            return []
+        caps = dict(task_caps or {})
+        self._capped_tasks = sorted(caps)
+        params = {
+            "queues": list(queues),
+            "limit": limit,
+            "cap_tasks": list(caps),
+            "cap_limits": list(caps.values()),
+            "worker": worker,
+            "lease": lease,
+            "now": self._now(),
+        }
+        rows = await self._rows(self._q.claim, params)
+        if mark is not None and rows:
+            mark.snapshot = Snapshot.parse(rows[0][0])
+        return [
+            ClaimedJob(
+                id=r[1],
+                task=r[2],
+                queue=r[3],
+                tenant=r[4] or None,
+                priority=r[5],
+                args_json=r[6],
+                kwargs_json=r[7],
+                attempt=r[8],
+                max_attempts=r[9],
+                timeout=r[10],
+                lease_token=r[11],
+                lease_expires_at=r[12],
+                enqueued_at=r[13],
+            )
+            for r in rows
+            if r[1] is not None
+        ]
+
+    async def heartbeat(self, leases: Sequence[Lease], *, lease: float) -> HeartbeatReply:
+        if not leases:
+            return HeartbeatReply(lost=frozenset(), cancel_requested=frozenset())
+        params = {
+            "now": self._now(),
+            "lease": lease,
+            "ids": [held.id for held in leases],
+            "tokens": [held.token for held in leases],
+        }
+        rows = await self._rows(self._q.heartbeat, params)
+        held = {job_id for job_id, _ in rows}
+        return HeartbeatReply(
+            lost=frozenset(h.id for h in leases if h.id not in held),
+            cancel_requested=frozenset(job_id for job_id, cancel in rows if cancel),
+        )
+
+    async def finish(self, outcomes: Sequence[Outcome]) -> list[bool]:
+        if not outcomes:
+            return []
+        params = {
+            "now": self._now(),
+            "chan": self.channel,
+            "ids": [o.id for o in outcomes],
+            "tokens": [o.lease_token for o in outcomes],
+            "kinds": [o.kind.value for o in outcomes],
+            "results": [o.result_json for o in outcomes],
+            "errors": [o.error_json for o in outcomes],
+            "delays": [float(o.retry_delay) for o in outcomes],
+            "capped_tasks": self._capped_tasks,
+        }
+        rows = await self._rows(self._q.finish, params)
+        applied = {(job_id, token) for job_id, token in rows}
+        return [(o.id, o.lease_token) in applied for o in outcomes]
+
+    async def progress(self, lease: Lease, fraction: float | None, message: str | None) -> bool:
+        params = {"id": lease.id, "token": lease.token, "fraction": fraction, "message": message}
+        return await self._rowcount(self._q.progress, params) == 1
+
+    async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(0.0, timeout)
+        listener = self._listener
+        if listener is None or not listener.is_up():
+            await self._poll_sleep(timeout)
+            return
+        mark = self._mark if self._mark is not None else listener.mark()
+        if listener.changed_since(mark, queues):
+            return
+        rows = await self._rows(self._q.next_due, {"now": self._now(), "queues": list(queues)})
+        if rows and rows[0][0] is not None:
+            # A scheduled job falls due before the timeout: be back in time for it.
+            deadline = min(deadline, loop.time() + max(0.0, float(rows[0][0])))
+        while not listener.changed_since(mark, queues):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            if not listener.is_up():  # lost meanwhile: poll instead
+                await self._poll_sleep(remaining)
+                return
+            event = listener.event
+            # asyncio.timeout, not wait_for: on Python < 3.12 wait_for can swallow a
+            # cancellation that coincides with the event firing.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await event.wait()
+
+    @staticmethod
+    async def _poll_sleep(timeout: float) -> None:
+        """Fallback while LISTEN is down: a short jittered sleep, so that workers that
+        lost their wake-ups do not all query the database in lockstep."""
+        await asyncio.sleep(max(0.0, min(timeout, POLL_FALLBACK)) * random.uniform(0.5, 1.0))
+
+    # -- maintenance -----------------------------------------------------------------
+    async def reap(self) -> int:
+        rows = await self._rows(self._q.reap, {"now": self._now(), "chan": self.channel})
+        return int(rows[0][0])
+
+    async def promote(self) -> int:
+        rows = await self._rows(self._q.promote, {"now": self._now(), "chan": self.channel})
+        return int(rows[0][0])
+
+    async def purge(self) -> int:
+        # Chunked, one short transaction per chunk: deleting a large backlog in one go
+        # would hold many row locks and write one huge WAL burst. Purging is idempotent.
+        total = 0
+        while True:
+            deleted = await self._rowcount(
+                self._q.purge_expired, {"now": self._now(), "limit": PURGE_CHUNK}
+            )
+            total += deleted
+            if deleted < PURGE_CHUNK:
+                break
+        await self._rowcount(self._q.prune_tenants, {})
+        return total
+
+    async def try_lock(self, name: str, owner: str, ttl: float) -> bool:
+        params = {"now": self._now(), "name": name, "owner": owner, "ttl": ttl}
+        return bool(await self._rows(self._q.try_lock, params))
+
+    async def unlock(self, name: str, owner: str) -> None:
+        await self._rowcount(self._q.unlock, {"name": name, "owner": owner})
+
+    # -- operators -------------------------------------------------------------------
+    async def get(self, job_id: str) -> Job | None:
+        rows = await self._rows(self._q.get_job, {"id": job_id})
+        return job_from_row(rows[0]) if rows else None
+
+    async def query(
+        self,
+        *,
+        state: JobState | None = None,
+        queue: str | None = None,
+        tenant: str | None = None,
+        task: str | None = None,
+        limit: int = 100,
+    ) -> list[Job]:
+        params = {
+            "state": None if state is None else JobState(state).value,
+            "queue": queue,
+            "tenant": tenant,
+            "task": task,
+            "limit": max(0, limit),
+        }
+        query = self._q.query_jobs if state is None else self._q.query_jobs_in_state
+        return [job_from_row(row) for row in await self._rows(query, params)]
+
+    async def cancel(self, job_id: str) -> JobState | None:
+        params = {"id": job_id, "now": self._now()}
+        async with self._conn() as conn, conn.transaction():
+            cur = await conn.execute(self._q.lock_job, params)
+            row = await cur.fetchone()
+            if row is None:
+                return None
+            state = JobState(row[0])
+            if state in _WAITING:
+                await conn.execute(self._q.cancel_waiting, params)
+                return JobState.CANCELLED
+            if state is JobState.RUNNING:
+                await conn.execute(self._q.request_cancel, params)
+            return state
+
+    async def replay(self, job_id: str) -> bool:
+        params = {"id": job_id, "now": self._now(), "chan": self.channel}
+        async with self._conn() as conn, conn.transaction():
+            cur = await conn.execute(self._q.lock_job, params)
+            row = await cur.fetchone()
+            if row is None or JobState(row[0]) not in _REPLAYABLE:
+                return False
+            _, key, queue = row
+            if key is not None:
+                cur = await conn.execute(self._q.other_active_with_key, {"key": key, "id": job_id})
+                other = await cur.fetchone()
+                if other is not None:
+                    raise _key_taken(job_id, key, other[0])
+            try:
+                async with conn.transaction():  # a savepoint: the key may be taken meanwhile
+                    await conn.execute(self._q.replay, params)
+            except psycopg.errors.UniqueViolation as exc:
+                raise _key_taken(job_id, key, "another job") from exc
+            await conn.execute(self._q.notify, {"chan": self.channel, "queue": queue})
+            return True
+
+    async def set_tenant(
+        self, queue: str, tenant: str | None, *, weight: float, max_running: int | None
+    ) -> None:
+        if not (isinstance(weight, int | float) and math.isfinite(weight) and weight > 0):
+            raise ValueError(f"tenant weight must be a finite number > 0, not {weight!r}")
+        if max_running is not None and max_running < 0:
+            raise ValueError(f"max_running must be >= 0 or None, not {max_running!r}")
+        params = {
+            "queue": queue,
+            "tenant": tenant or "",
+            "weight": float(weight),
+            "max_running": max_running,
+            "chan": self.channel,
+        }
+        async with self._conn() as conn, conn.transaction():
+            await conn.execute(self._q.set_tenant, params)
+            await conn.execute(self._q.notify, params)  # a higher cap may free jobs
+
+    async def set_queue(self, queue: str, *, aging: float | None) -> None:
+        if aging is not None and not (math.isfinite(aging) and aging > 0):
+            raise ValueError(f"aging must be a number of seconds > 0 or None, not {aging!r}")
+        params = {"queue": queue, "aging": aging, "chan": self.channel}
+        async with self._conn() as conn, conn.transaction():
+            await conn.execute(self._q.set_queue, params)
+            await conn.execute(self._q.reschedule_aging, params)
+            await conn.execute(self._q.notify, params)
+
+    async def stats(self) -> list[QueueStats]:
+        async with self._conn() as conn, conn.transaction():
+            cur = await conn.execute(self._q.clock, {"now": self._now()})
+            now_row = await cur.fetchone()
+            assert now_row is not None
+            cur = await conn.execute(self._q.job_counts)
+            counts = await cur.fetchall()
+            cur = await conn.execute(self._q.tenant_settings)
+            settings = await cur.fetchall()
+        return build_stats(counts, settings, float(now_row[0]))
+
+
+def _refused_keys(jobs: Sequence[NewJob], inserted: set[str]) -> list[str]:
+    """Keys whose rows the unique index refused (held by an active job, maybe one
+    earlier in this very batch)."""
+    return sorted({j.key for j in jobs if j.id not in inserted and j.key is not None})
+
+
+def _resolve_ids(
+    jobs: Sequence[NewJob], inserted: set[str], holders: Mapping[str, str]
+) -> list[str]:
+    """Each job's own id, or the id of the active job holding its key."""
+    return [j.id if j.id in inserted or j.key is None else holders.get(j.key, j.id) for j in jobs]
+
+
+def _key_taken(job_id: str, key: str, holder: str) -> InvalidTransition:
+    return InvalidTransition(
+        f"cannot replay job {job_id}: its dedup key {key!r} is held by active job "
+        f"{holder}; wait for that job to finish or cancel it first"
+    )

@@ -1,0 +1,419 @@
+-- Conveyor PostgreSQL schema: the current version in one file (what applying every file
+-- in migrations/ in order produces; tests/postgres/test_migrations.py checks that the
+-- two agree by comparing catalog dumps). Never applied by the backend itself: open() and
+-- migrate() apply migrations/NNNN_*.sql, and this file is the readable reference.
+--
+-- Runs with search_path set to the store's schema (URL option ?schema=, default
+-- "conveyor"); every object is created unqualified in it.
+--
+-- Tables
+--   jobs     one row per job (the only table with real data). Times are seconds since
+--            the epoch (double precision), like the protocol's floats.
+--   queues   per queue: aging setting and the fair-share virtual clock (vclock)
+--   tenants  per (queue, tenant): weight, max_running, virtual time (vtime) and whether
+--            the tenant had ready jobs at the last claim (active). Rows are written only
+--            by claims (under the queue's advisory lock), set_tenant and purge.
+--   locks    named leases for singleton loops (reaper, promoter, scheduler)
+--
+-- Functions
+--   conveyor_now(p)       p, or the database clock when p is NULL (tests inject a clock)
+--   conveyor_promote(..)  due scheduled/retrying jobs -> queued, then priority aging
+--   conveyor_claim(..)    the claim: locks, fairness, caps (see its header)
+--   conveyor_finish_state(..)  the state an outcome leads to
+--   conveyor_notify_insert()   trigger: NOTIFY the queues that got new jobs
+--
+-- There are no counter tables: counts a claim needs (running jobs per task or tenant)
+-- come from small partial indexes over running jobs, so enqueue and finish never touch
+-- a shared hot row.
+
+CREATE TABLE jobs (
+    id                text COLLATE "C" PRIMARY KEY,  -- UUIDv7: ORDER BY id = FIFO
+    task              text COLLATE "C" NOT NULL,
+    queue             text COLLATE "C" NOT NULL,
+    tenant            text COLLATE "C" NOT NULL,     -- '' is the default tenant
+    priority          integer NOT NULL,              -- current level; aging lowers it
+    base_priority     integer NOT NULL,              -- as enqueued; restored on requeue
+    state             text COLLATE "C" NOT NULL CHECK (state IN (
+                          'scheduled', 'queued', 'running', 'succeeded',
+                          'retrying', 'dead', 'cancelled')),
+    args_json         text NOT NULL,
+    kwargs_json       text NOT NULL,
+    attempt           integer NOT NULL DEFAULT 0,
+    max_attempts      integer NOT NULL,
+    timeout           double precision,
+    result_ttl        double precision,              -- NULL keeps finished records forever
+    key               text COLLATE "C",              -- dedup key, unique among active jobs
+    run_at            double precision,              -- due time (scheduled or retrying)
+    enqueued_at       double precision NOT NULL,
+    ready_at          double precision,              -- when it last became queued
+    age_at            double precision,              -- when aging next moves it up
+    started_at        double precision,
+    finished_at       double precision,
+    expires_at        double precision,              -- purge after this
+    lease_token       text COLLATE "C",
+    lease_expires_at  double precision,              -- not indexed: heartbeats stay HOT
+    worker            text,
+    progress          double precision,
+    progress_message  text,
+    result_json       text,
+    errors            jsonb NOT NULL DEFAULT '[]',   -- one record per failed attempt
+    cancel_requested  boolean NOT NULL DEFAULT false
+) WITH (fillfactor = 80);  -- room for HOT heartbeat/progress updates on the same page
+
+-- The claim: per (queue, tenant), the next ready job by (priority, id); also the
+-- skip scan that lists the tenants with ready jobs in a queue.
+CREATE INDEX jobs_ready ON jobs (queue, tenant, priority, id) WHERE state = 'queued';
+-- Running jobs (few: one per busy worker slot): task caps (running jobs of a task,
+-- store-wide), tenant max_running (running jobs of a tenant in a queue, an index-only
+-- scan of this small index) and the reaper.
+CREATE INDEX jobs_running ON jobs (task, queue, tenant) WHERE state = 'running';
+-- Promotion of due jobs; wait_for_work's next due time.
+CREATE INDEX jobs_due ON jobs (run_at) WHERE state IN ('scheduled', 'retrying');
+-- Purge.
+CREATE INDEX jobs_expiry ON jobs (expires_at) WHERE expires_at IS NOT NULL;
+-- Priority aging.
+CREATE INDEX jobs_aging ON jobs (age_at) WHERE state = 'queued' AND age_at IS NOT NULL;
+-- Dedup: at most one active job per key (INSERT ... ON CONFLICT DO NOTHING).
+CREATE UNIQUE INDEX jobs_active_key ON jobs (key)
+    WHERE key IS NOT NULL AND state IN ('scheduled', 'queued', 'running', 'retrying');
+-- Operators: listing by state, newest first.
+CREATE INDEX jobs_by_state ON jobs (state, id);
+
+CREATE TABLE queues (
+    name    text COLLATE "C" PRIMARY KEY,
+    vclock  double precision NOT NULL DEFAULT 0,  -- vtime of the tenant last claimed from
+    aging   double precision                      -- seconds per priority level; NULL = off
+);
+
+CREATE TABLE tenants (
+    queue        text COLLATE "C" NOT NULL,
+    tenant       text COLLATE "C" NOT NULL,
+    weight       double precision NOT NULL DEFAULT 1 CHECK (weight > 0),
+    max_running  integer,
+    vtime        double precision NOT NULL DEFAULT 0,
+    active       boolean NOT NULL DEFAULT false,  -- had ready jobs at the last claim
+    PRIMARY KEY (queue, tenant)
+);
+
+CREATE TABLE locks (
+    name        text COLLATE "C" PRIMARY KEY,
+    owner       text NOT NULL,
+    expires_at  double precision NOT NULL
+);
+
+CREATE FUNCTION conveyor_now(p double precision) RETURNS double precision
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(p, extract(epoch FROM now())::double precision)
+$$;
+
+-- The state an outcome (kind: succeeded, retry, dead, cancelled, released) leads to. A
+-- cancel request wins over retry and release; a retry with no attempt left is dead.
+CREATE FUNCTION conveyor_finish_state(
+    kind text, cancel_requested boolean, attempt integer, max_attempts integer,
+    delay double precision
+) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE
+        WHEN kind IN ('succeeded', 'dead', 'cancelled') THEN kind
+        WHEN cancel_requested THEN 'cancelled'
+        WHEN kind = 'released' THEN 'queued'
+        WHEN attempt >= max_attempts THEN 'dead'
+        WHEN delay > 0 THEN 'retrying'
+        ELSE 'queued'
+    END
+$$;
+
+-- Due scheduled/retrying jobs -> queued (at most p_limit, NULL = all), then one aging
+-- step per queued job that is due for it, covering every level it has earned. Rows
+-- locked by someone else are skipped (the next promotion gets them), so concurrent
+-- claimers never wait on each other here. Returns the number of rows changed.
+CREATE FUNCTION conveyor_promote(p_now double precision, p_limit integer)
+RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_promoted integer;
+    v_aged integer;
+BEGIN
+    UPDATE jobs AS j
+    SET state = 'queued',
+        ready_at = j.run_at,
+        priority = j.base_priority,
+        age_at = CASE WHEN j.base_priority > 0
+                      THEN j.run_at + (SELECT q.aging FROM queues AS q WHERE q.name = j.queue)
+                 END
+    WHERE j.id IN (
+        SELECT d.id FROM jobs AS d
+        WHERE d.state IN ('scheduled', 'retrying') AND d.run_at <= p_now
+        ORDER BY d.run_at
+        LIMIT p_limit
+        FOR UPDATE SKIP LOCKED
+    );
+    GET DIAGNOSTICS v_promoted = ROW_COUNT;
+
+    UPDATE jobs AS j
+    SET priority = j.priority - s.levels,
+        age_at = CASE WHEN j.priority - s.levels > 0 THEN j.age_at + s.levels * s.aging END
+    FROM (
+        SELECT a.id, q.aging,
+               least(a.priority, floor((p_now - a.age_at) / q.aging)::integer + 1) AS levels
+        FROM jobs AS a JOIN queues AS q ON q.name = a.queue
+        WHERE a.state = 'queued' AND a.age_at IS NOT NULL AND a.age_at <= p_now
+          AND q.aging IS NOT NULL
+        FOR UPDATE OF a SKIP LOCKED
+    ) AS s
+    WHERE j.id = s.id AND j.state = 'queued';
+    GET DIAGNOSTICS v_aged = ROW_COUNT;
+    RETURN v_promoted + v_aged;
+END
+$$;
+
+-- The claim. Parameters: p_queues (served in this order), p_limit, p_cap_tasks and
+-- p_cap_limits (parallel arrays: task -> concurrency), p_worker, p_lease (seconds),
+-- p_now (NULL = database clock). Returns the claimed jobs, in claim order, with their
+-- new lease tokens.
+--
+-- Exactness under concurrency comes from transaction-level advisory locks, taken in
+-- one global order (every queue of the claim sorted by name, then every capped task
+-- sorted by name) so claimers never deadlock: claimers of one queue take turns, so the
+-- fairness state (tenants.vtime, queues.vclock) and the tenant caps are read and
+-- written by one claimer at a time; claimers sharing a capped task take turns, so the
+-- task caps hold store-wide. Each statement here sees what earlier claimers committed
+-- (READ COMMITTED takes a new snapshot per statement, after the lock was granted).
+--
+-- Order: priority (strict) -> the active tenant with the smallest vtime (name breaks
+-- ties) -> FIFO. A tenant with no ready job at the previous claim that has one now
+-- restarts at max(vtime, the queue's vclock), so idleness banks no credit.
+--
+-- Picking jobs one at a time (take the best head, advance that tenant's vtime by
+-- 1/weight, repeat) is a merge of per-tenant lists that are each already in order:
+-- tenant t's k-th next job (k = 0, 1, ...) would be taken at (its priority,
+-- vtime_t + k/weight_t). So one query takes each tenant's next few jobs, sorts them all
+-- by that key and claims the first ones: the same result as one-by-one picking, in a
+-- few statements. Only a task reaching its cap in the middle of a batch changes later
+-- picks; the batch then stops just before that task's next job and the next batch
+-- runs without the task.
+CREATE FUNCTION conveyor_claim(
+    p_queues text[], p_limit integer, p_cap_tasks text[], p_cap_limits integer[],
+    p_worker text, p_lease double precision, p_now double precision
+) RETURNS TABLE (
+    id text, task text, queue text, tenant text, priority integer, args_json text,
+    kwargs_json text, attempt integer, max_attempts integer, timeout double precision,
+    lease_token text, lease_expires_at double precision, enqueued_at double precision
+)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    v_now double precision := conveyor_now(p_now);
+    v_queue text;
+    v_counts integer[];      -- running jobs per capped task (parallel to p_cap_tasks)
+    v_capped text[];         -- tasks at their cap
+    v_ready text[];
+    v_vclock double precision;
+    v_ids text[];            -- a batch, in claim order ...
+    v_tenants text[];        -- ... its tenants
+    v_tasks text[];          -- ... its tasks
+    v_vtimes double precision[];  -- ... and the tenant's vtime when each is claimed
+    v_take integer;
+    v_pos integer;
+    v_want integer;
+    v_got text[];            -- tenants of the jobs actually claimed in this batch
+    v_last double precision;
+    v_picked text[];
+    v_job record;
+    v_claimed integer := 0;
+    v_rounds integer;
+BEGIN
+    -- A claim need not wait for its WAL flush: if the server crashes before the flush,
+    -- the claim is lost and the jobs are simply still queued (the same as a crash just
+    -- before commit); any later synchronous commit, such as the finish of one of these
+    -- jobs, flushes the claim first, since WAL is written in order.
+    PERFORM set_config('synchronous_commit', 'off', true);
+    PERFORM pg_advisory_xact_lock(
+        hashtextextended('conveyor:' || current_schema() || ':queue:' || u.n, 0))
+    FROM (SELECT DISTINCT q.n FROM unnest(p_queues) AS q(n) ORDER BY 1) AS u;
+    -- (The sorted subquery fixes the order in which the locks are taken.)
+    PERFORM pg_advisory_xact_lock(
+        hashtextextended('conveyor:' || current_schema() || ':task:' || u.n, 0))
+    FROM (SELECT DISTINCT t.n FROM unnest(p_cap_tasks) AS t(n) ORDER BY 1) AS u;
+
+    -- Promotion first, as the protocol says; two index probes decide that there is
+    -- nothing to do, which is the common case on a busy queue.
+    IF EXISTS (SELECT 1 FROM jobs AS d
+               WHERE d.state IN ('scheduled', 'retrying') AND d.run_at <= v_now)
+       OR EXISTS (SELECT 1 FROM jobs AS a
+                  WHERE a.state = 'queued' AND a.age_at IS NOT NULL AND a.age_at <= v_now)
+    THEN
+        PERFORM conveyor_promote(v_now, 1000);
+    END IF;
+
+    v_capped := '{}';
+    IF cardinality(p_cap_tasks) > 0 THEN
+        SELECT coalesce(array_agg((SELECT count(*) FROM jobs AS r
+                                   WHERE r.state = 'running' AND r.task = c.task)::integer
+                                  ORDER BY c.ord), '{}')
+        INTO v_counts
+        FROM unnest(p_cap_tasks) WITH ORDINALITY AS c(task, ord);
+        SELECT coalesce(array_agg(c.task), '{}') INTO v_capped
+        FROM unnest(p_cap_tasks, p_cap_limits, v_counts) AS c(task, cap, n)
+        WHERE c.n >= c.cap;
+    END IF;
+
+    FOREACH v_queue IN ARRAY p_queues LOOP
+        EXIT WHEN v_claimed >= p_limit;
+        SELECT q.vclock INTO v_vclock FROM queues AS q WHERE q.name = v_queue;
+        IF NOT FOUND THEN
+            INSERT INTO queues (name) VALUES (v_queue) ON CONFLICT (name) DO NOTHING;
+            v_vclock := 0;
+        END IF;
+
+        -- Tenants with ready jobs: a skip scan over jobs_ready, one probe per tenant.
+        WITH RECURSIVE t(tenant) AS (
+            (SELECT j.tenant FROM jobs AS j
+             WHERE j.state = 'queued' AND j.queue = v_queue
+             ORDER BY j.tenant LIMIT 1)
+            UNION ALL
+            SELECT (SELECT j.tenant FROM jobs AS j
+                    WHERE j.state = 'queued' AND j.queue = v_queue AND j.tenant > t.tenant
+                    ORDER BY j.tenant LIMIT 1)
+            FROM t WHERE t.tenant IS NOT NULL
+        )
+        SELECT coalesce(array_agg(t.tenant), '{}') INTO v_ready FROM t WHERE t.tenant IS NOT NULL;
+        CONTINUE WHEN cardinality(v_ready) = 0;
+
+        UPDATE tenants AS t SET active = false
+        WHERE t.queue = v_queue AND t.active AND t.tenant <> ALL (v_ready);
+        INSERT INTO tenants AS t (queue, tenant, vtime, active)
+        SELECT v_queue, r.tenant, v_vclock, true FROM unnest(v_ready) AS r(tenant) ORDER BY 2
+        ON CONFLICT ON CONSTRAINT tenants_pkey DO UPDATE
+        SET vtime = greatest(t.vtime, excluded.vtime), active = true
+        WHERE NOT t.active;
+
+        v_picked := '{}';
+        v_rounds := 0;
+        WHILE v_claimed < p_limit AND v_rounds <= p_limit LOOP
+            v_rounds := v_rounds + 1;
+            v_want := p_limit - v_claimed;
+            SELECT coalesce(array_agg(c.id ORDER BY c.ord), '{}'),
+                   coalesce(array_agg(c.tenant ORDER BY c.ord), '{}'),
+                   coalesce(array_agg(c.task ORDER BY c.ord), '{}'),
+                   coalesce(array_agg(c.vt ORDER BY c.ord), '{}')
+            INTO v_ids, v_tenants, v_tasks, v_vtimes
+            FROM (
+                SELECT h.id, h.task, t.tenant, t.vtime + (h.k - 1) / t.weight AS vt,
+                       row_number() OVER (
+                           ORDER BY h.priority, t.vtime + (h.k - 1) / t.weight, t.tenant, h.k
+                       ) AS ord
+                FROM tenants AS t
+                CROSS JOIN LATERAL (
+                    SELECT j.id, j.task, j.priority,
+                           row_number() OVER (ORDER BY j.priority, j.id) AS k
+                    FROM jobs AS j
+                    WHERE j.state = 'queued' AND j.queue = v_queue AND j.tenant = t.tenant
+                      AND j.task <> ALL (v_capped)
+                    ORDER BY j.priority, j.id
+                    LIMIT CASE WHEN t.max_running IS NULL THEN v_want
+                               ELSE least(v_want, greatest(0, t.max_running - (
+                                   SELECT count(*) FROM jobs AS r
+                                   WHERE r.state = 'running' AND r.queue = v_queue
+                                     AND r.tenant = t.tenant)))
+                          END
+                ) AS h
+                WHERE t.queue = v_queue AND t.active
+                ORDER BY ord
+                LIMIT v_want
+            ) AS c;
+            EXIT WHEN cardinality(v_ids) = 0;
+
+            -- The longest prefix that keeps every task within its cap.
+            v_take := 0;
+            FOR i IN 1 .. cardinality(v_ids) LOOP
+                v_pos := array_position(p_cap_tasks, v_tasks[i]);
+                IF v_pos IS NOT NULL THEN
+                    EXIT WHEN v_counts[v_pos] >= p_cap_limits[v_pos];
+                    v_counts[v_pos] := v_counts[v_pos] + 1;
+                END IF;
+                v_take := i;
+            END LOOP;
+            EXIT WHEN v_take = 0;
+
+            v_got := '{}';
+            FOR v_job IN
+                WITH done AS (
+                    UPDATE jobs AS j
+                    SET state = 'running',
+                        attempt = j.attempt + 1,
+                        lease_token = replace(gen_random_uuid()::text, '-', ''),
+                        lease_expires_at = v_now + p_lease,
+                        started_at = v_now,
+                        worker = p_worker,
+                        cancel_requested = false,
+                        progress = NULL,
+                        progress_message = NULL
+                    WHERE j.id = ANY (v_ids[1:v_take]) AND j.state = 'queued'
+                    RETURNING j.id, j.task, j.queue, j.tenant, j.priority, j.args_json,
+                              j.kwargs_json, j.attempt, j.max_attempts, j.timeout,
+                              j.lease_token, j.lease_expires_at, j.enqueued_at
+                )
+                SELECT d.*, o.ord FROM done AS d
+                JOIN unnest(v_ids[1:v_take]) WITH ORDINALITY AS o(id, ord) ON o.id = d.id
+                ORDER BY o.ord
+            LOOP
+                v_got := array_append(v_got, v_job.tenant);
+                v_last := v_vtimes[v_job.ord];
+                id := v_job.id; task := v_job.task; queue := v_job.queue;
+                tenant := v_job.tenant; priority := v_job.priority;
+                args_json := v_job.args_json; kwargs_json := v_job.kwargs_json;
+                attempt := v_job.attempt; max_attempts := v_job.max_attempts;
+                timeout := v_job.timeout; lease_token := v_job.lease_token;
+                lease_expires_at := v_job.lease_expires_at; enqueued_at := v_job.enqueued_at;
+                RETURN NEXT;
+            END LOOP;
+
+            IF cardinality(v_got) > 0 THEN
+                UPDATE queues AS q SET vclock = v_last WHERE q.name = v_queue;
+                UPDATE tenants AS t SET vtime = t.vtime + g.n / t.weight
+                FROM (SELECT u.tenant, count(*) AS n FROM unnest(v_got) AS u(tenant)
+                      GROUP BY u.tenant ORDER BY u.tenant) AS g
+                WHERE t.queue = v_queue AND t.tenant = g.tenant;
+                v_picked := v_picked || v_got;
+                v_claimed := v_claimed + cardinality(v_got);
+            END IF;
+            IF cardinality(p_cap_tasks) > 0 THEN
+                SELECT coalesce(array_agg(c.task), '{}') INTO v_capped
+                FROM unnest(p_cap_tasks, p_cap_limits, v_counts) AS c(task, cap, n)
+                WHERE c.n >= c.cap;
+            END IF;
+            -- Fewer jobs than wanted and no cap in the way: the queue has no more.
+            EXIT WHEN v_take = cardinality(v_ids) AND cardinality(v_ids) < v_want
+                      AND cardinality(v_got) = v_take;
+        END LOOP;
+
+        -- A tenant this claim emptied is idle from now on: when it gets work again, the
+        -- next claim restarts it at the queue's clock.
+        -- (A scalar subquery with LIMIT, not NOT EXISTS: the latter may get a generic
+        -- plan that hashes every ready job instead of probing jobs_ready per tenant.)
+        UPDATE tenants AS t SET active = false
+        WHERE t.queue = v_queue AND t.active AND t.tenant = ANY (v_picked)
+          AND (SELECT j.id FROM jobs AS j
+               WHERE j.state = 'queued' AND j.queue = v_queue AND j.tenant = t.tenant
+               ORDER BY j.tenant LIMIT 1) IS NULL;
+    END LOOP;
+END
+$$;
+
+-- NOTIFY the store's channel (conveyor_<schema>) once per queue that got jobs (payload:
+-- "<queue> <transaction id>", see _listen.py), for
+-- every INSERT into jobs, including one made on a caller's own connection inside the
+-- caller's transaction (delivered only if and when it commits).
+CREATE FUNCTION conveyor_notify_insert() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('conveyor_' || TG_TABLE_SCHEMA, n.queue || ' ' || pg_current_xact_id())
+    FROM (SELECT DISTINCT r.queue FROM new_jobs AS r) AS n;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER jobs_notify_insert AFTER INSERT ON jobs
+REFERENCING NEW TABLE AS new_jobs
+FOR EACH STATEMENT EXECUTE FUNCTION conveyor_notify_insert();
