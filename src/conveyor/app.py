@@ -8,6 +8,7 @@ instance, because connections belong to the loop that opened them.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import math
 import weakref
 from collections.abc import Callable, Iterable, Mapping
@@ -68,6 +69,9 @@ class App:
         self._opening: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
             weakref.WeakKeyDictionary()
         )
+        # Close the sync API's connections at exit rather than abandon them mid-flight
+        # with the daemon thread (a weak reference: this must not keep the app alive).
+        atexit.register(_close_at_exit, weakref.ref(self))
 
     def __repr__(self) -> str:
         return f"<conveyor.App {self.url} tasks={len(self.tasks)}>"
@@ -164,8 +168,8 @@ class App:
             await backend.close()
 
     def close(self) -> None:
-        """Close the sync API's connection and stop its background loop."""
-        if self._portal._loop is not None:
+        """Close the sync API's connection and stop its background loop (idempotent)."""
+        if self._portal.running:
             self._portal.call(self.close_async())
         self._portal.stop()
 
@@ -387,6 +391,12 @@ class App:
 
     async def stats_async(self) -> list[QueueStats]:
         return await (await self.backend()).stats()
+
+
+def _close_at_exit(ref: weakref.ref[App]) -> None:
+    app = ref()
+    if app is not None:
+        app.close()
 
 
 # -- validation helpers -----------------------------------------------------------------

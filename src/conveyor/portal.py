@@ -46,6 +46,11 @@ class Portal:
                 self._loop = loop
             return self._loop
 
+    @property
+    def running(self) -> bool:
+        """True once a call started the loop in this process (and it was not stopped)."""
+        return self._loop is not None and self._pid == os.getpid()
+
     def call(self, coro: Coroutine[Any, Any, T]) -> T:
         loop = self._start()
         if threading.current_thread() is self._thread:

@@ -468,3 +468,23 @@ def test_worker_that_cannot_renew_stops_the_job_itself(
         thread.join(10)
     # Its outcome was dropped: the job is still ours on paper until the reaper takes it.
     assert h.info().state is JobState.RUNNING
+
+
+def test_a_script_that_never_calls_close_exits_cleanly(store_url: str, tmp_path: Path) -> None:
+    """The sync API's connections are closed at exit, not abandoned mid-flight."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "producer.py"
+    script.write_text(
+        "import sys, conveyor\n"
+        "app = conveyor.App(sys.argv[1])\n"
+        "app.enqueue('some.task', [1])\n"
+        "print('enqueued')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script), store_url], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "enqueued"
+    for noise in ("Traceback", "Exception ignored", "Task was destroyed"):
+        assert noise not in done.stderr, done.stderr

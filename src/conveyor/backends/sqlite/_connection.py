@@ -44,6 +44,9 @@ def connect(path: str, synchronous: str) -> sqlite3.Connection:
             timeout=BUSY_TIMEOUT_MS / 1000,
             isolation_level=None,  # transactions are explicit: BEGIN IMMEDIATE ... COMMIT
             cached_statements=256,
+            # Used only from the backend's own thread, except for the final close at
+            # interpreter exit, after that thread is gone.
+            check_same_thread=False,
         )
     except sqlite3.OperationalError as exc:
         raise sqlite3.OperationalError(f"cannot open SQLite file {path!r}: {exc}") from exc

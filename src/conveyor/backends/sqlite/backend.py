@@ -131,8 +131,11 @@ class SQLiteBackend(Backend):
         conn = self._conn
         if conn is None:
             raise RuntimeError("the SQLite backend is closed")
-        now = self._now()
         conn.execute(begin)
+        # Read the clock only once we hold the lock: BEGIN IMMEDIATE may wait up to
+        # busy_timeout for another writer, and a lease granted or renewed with the time
+        # from before that wait would already be (partly) over when it is committed.
+        now = self._now()
         try:
             result = body(conn, now)
             conn.execute("COMMIT")
@@ -162,6 +165,11 @@ class SQLiteBackend(Backend):
             return
         try:
             await self._run(self._disconnect)
+        except RuntimeError:
+            # At interpreter exit the executor's thread is already gone (Python stops
+            # pool threads before atexit callbacks run): nothing else can be using the
+            # connection any more, so close it from here.
+            self._disconnect()
         finally:
             self._executor.shutdown(wait=True)
             self._executor = None
