@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck unit contract acceptance bench clean
+.PHONY: demo test lint typecheck unit contract acceptance chaos bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ typecheck: $(STAMP)
 
 unit contract acceptance: $(STAMP)
 	$(BIN)/pytest tests/$@
+
+# The fault suite in full (longer soak, more races); `make test` runs its short form.
+# CONVEYOR_SOAK_SECONDS=N sets the soak's length, CONVEYOR_CHAOS_ENGINES=sqlite,redis the engines.
+chaos: $(STAMP)
+	CONVEYOR_CHAOS=full $(BIN)/pytest tests/chaos -m chaos -s
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/throughput.py

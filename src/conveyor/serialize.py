@@ -25,6 +25,19 @@ def loads(text: str | None) -> Any:
     return _decoder.decode(text)
 
 
+def loads_for_display(text: str | None) -> Any:
+    """Decode a stored value for an operator's view of a job, never raising.
+
+    A record written around the API (straight into the store) may hold text that is not
+    JSON, or JSON nested too deep to decode; listing jobs must still work (the worker
+    dead-letters such a job), so the raw text is shown instead.
+    """
+    try:
+        return loads(text)
+    except (ValueError, RecursionError):
+        return text
+
+
 def encode_arguments(
     args: Any, kwargs: Any, *, max_payload: int = DEFAULT_MAX_PAYLOAD
 ) -> tuple[str, str]:

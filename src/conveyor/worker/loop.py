@@ -456,8 +456,12 @@ class Worker:
             )
             # A store that hangs (a held lock, a black-holed connection) is as bad as
             # one that fails: while the answer is late, keep applying the rule below.
-            while not (await asyncio.wait({call}, timeout=interval))[0]:
-                self._stop_unrenewed(attempts, interval)
+            try:
+                while not (await asyncio.wait({call}, timeout=interval))[0]:
+                    self._stop_unrenewed(attempts, interval)
+            except asyncio.CancelledError:
+                call.cancel()  # shutting down: do not leave the call behind
+                raise
             reply = call.result()
             if reply is None:
                 self._stop_unrenewed(attempts, interval)

@@ -7,7 +7,7 @@ from typing import Any
 
 from conveyor.backends.base import ClaimedJob, QueueStats, decode_tenant
 from conveyor.job import Job, JobError, JobState, from_timestamp
-from conveyor.serialize import loads
+from conveyor.serialize import loads, loads_for_display
 
 #: Fields per claimed job in claim.lua's reply.
 CLAIM_FIELDS = 13
@@ -29,8 +29,8 @@ def job_from_hash(h: Mapping[str, str]) -> Job:
         queue=h["queue"],
         tenant=decode_tenant(h.get("tenant")),
         priority=int(h["priority"]),
-        args=loads(h["args"]),
-        kwargs=loads(h["kwargs"]),
+        args=loads_for_display(h["args"]),
+        kwargs=loads_for_display(h["kwargs"]),
         attempt=int(h["attempt"]),
         max_attempts=int(h["max_attempts"]),
         enqueued_at=enqueued,
@@ -42,7 +42,7 @@ def job_from_hash(h: Mapping[str, str]) -> Job:
         worker=h.get("worker"),
         progress=_float(h.get("progress")),
         progress_message=h.get("progress_message"),
-        result=None if result is None else loads(result),
+        result=loads_for_display(result),
         errors=tuple(JobError.from_json(e) for e in loads(h.get("errors") or "[]") or ()),
         key=h.get("key") or None,
         timeout=_float(h.get("timeout")),

@@ -6,7 +6,7 @@ from typing import Any
 
 from conveyor.backends.base import ClaimedJob, QueueStats, decode_tenant
 from conveyor.job import Job, JobError, JobState, from_timestamp
-from conveyor.serialize import loads
+from conveyor.serialize import loads, loads_for_display
 
 
 def job_from_row(row: tuple[Any, ...]) -> Job:
@@ -46,8 +46,8 @@ def job_from_row(row: tuple[Any, ...]) -> Job:
         queue=queue,
         tenant=decode_tenant(tenant),
         priority=priority,
-        args=loads(args_json),
-        kwargs=loads(kwargs_json),
+        args=loads_for_display(args_json),
+        kwargs=loads_for_display(kwargs_json),
         attempt=attempt,
         max_attempts=max_attempts,
         enqueued_at=enqueued,
@@ -59,7 +59,7 @@ def job_from_row(row: tuple[Any, ...]) -> Job:
         worker=worker,
         progress=progress,
         progress_message=progress_message,
-        result=loads(result_json),
+        result=loads_for_display(result_json),
         errors=tuple(JobError.from_json(e) for e in loads(errors_json) or ()),
         key=key,
         timeout=timeout,
