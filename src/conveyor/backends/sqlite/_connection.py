@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import random
 import sqlite3
+import time
+from collections.abc import Callable
+from typing import TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 from conveyor.backends.sqlite import _sql
+
+T = TypeVar("T")
 
 SCHEMA_VERSION = 1
 #: RETURNING (3.35) is used by claim, heartbeat and try_lock.
@@ -52,7 +58,7 @@ def connect(path: str, synchronous: str) -> sqlite3.Connection:
         raise sqlite3.OperationalError(f"cannot open SQLite file {path!r}: {exc}") from exc
     try:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        mode = _when_unlocked(lambda: conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
         if str(mode).lower() != "wal":
             raise RuntimeError(f"cannot switch {path!r} to WAL (journal mode {mode})")
         conn.execute(f"PRAGMA synchronous = {synchronous}")
@@ -64,6 +70,24 @@ def connect(path: str, synchronous: str) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
+
+
+def _when_unlocked(step: Callable[[], T]) -> T:
+    """Run ``step``, retrying while another connection holds the lock it needs.
+
+    Switching a fresh file to WAL needs an exclusive lock. When several processes open
+    the same new file at once, SQLite answers "database is locked" immediately instead
+    of waiting (two shared holders both wanting exclusive would deadlock), so the busy
+    timeout never applies: wait and retry here, within the same time budget.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            return step()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.005 + random.random() * 0.02)
 
 
 def _create_schema(conn: sqlite3.Connection, path: str) -> None:
