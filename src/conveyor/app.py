@@ -401,8 +401,9 @@ def _close_at_exit(ref: weakref.ref[App]) -> None:
 
 # -- validation helpers -----------------------------------------------------------------
 def _first(*values: Any) -> Any:
+    """The first value that is not None (a per-call option, the task's, the app's)."""
     for value in values:
-        if value is not None and value is not False:
+        if value is not None:
             return value
     return None
 

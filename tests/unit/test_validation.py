@@ -30,7 +30,7 @@ def test_arguments_that_are_not_json(app: conveyor.App) -> None:
         app.enqueue("add", [], {"x": {1, 2}})
 
 
-@pytest.mark.parametrize("priority", [-1, 10, 1.5, "1", True])
+@pytest.mark.parametrize("priority", [-1, 10, 1.5, "1", True, False])
 def test_priority_out_of_range(app: conveyor.App, priority: object) -> None:
     with pytest.raises(ValueError, match="priority must be an integer from 0"):
         _task(app).options(priority=priority).enqueue(1, 2)
