@@ -45,3 +45,35 @@ def test_cancel_stops_a_running_job(cv: Conveyor) -> None:
     cv.wait_for(lambda: cv.job(job_id)["state"] == "cancelled", 10, "the job to be cancelled")
     supervisor.send_signal(signal.SIGTERM)
     assert supervisor.wait(timeout=15) == 0
+
+
+@pytest.mark.timeout(60)
+def test_a_second_signal_releases_at_once(cv: Conveyor) -> None:
+    job_id = cv.enqueue("async_sleepy", "--args", "[60]")
+    supervisor = cv.start_worker("-c", "2", "--grace", "60", "--lease", "5")
+    cv.wait_for(lambda: cv.job(job_id)["state"] == "running", 20, "the job to run")
+
+    sent = time.monotonic()
+    supervisor.send_signal(signal.SIGTERM)
+    time.sleep(0.5)  # the first signal starts a 60 s grace period...
+    supervisor.send_signal(signal.SIGTERM)  # ...the second one ends it
+    assert supervisor.wait(timeout=20) == 0
+    assert time.monotonic() - sent < 15, "a second signal must not wait out --grace 60"
+    job = cv.job(job_id)
+    assert job["state"] == "queued" and job["attempt"] == 0, job
+
+
+@pytest.mark.timeout(90)
+def test_supervisor_gives_up_on_a_crash_loop(cv: Conveyor) -> None:
+    """Worker processes that die at start are not restarted for ever: the supervisor
+    stops loudly with a non-zero status."""
+    (cv.path / "crashy_app.py").write_text(
+        "import sys\n"
+        "import conveyor\n"
+        "if sys.argv[0].endswith('child.py'):  # only inside a worker process\n"
+        "    raise RuntimeError('broken in the worker process')\n"
+        "app = conveyor.App()\n"
+    )
+    done = cv.run("worker", "crashy_app:app", timeout=80, check=False)
+    assert done.returncode == 1, done.stderr
+    assert "keep crashing at start" in done.stderr and "giving up" in done.stderr
