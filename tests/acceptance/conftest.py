@@ -207,18 +207,11 @@ class Conveyor:
         return pids
 
     def worker_logs(self) -> str:
-        parts = []
-        for path in self.logs:
-            text = path.read_text(errors="replace") if path.exists() else ""
-            parts.append(f"--- {path.name} ---\n{text[-6000:]}")
-        return "\n".join(parts)
+        return log_tails(self.logs)
 
     def wait_for(self, condition: Callable[[], T], timeout: float, what: str) -> T:
         """``wait_for`` that shows the worker logs when it gives up."""
-        try:
-            return wait_for(condition, timeout, what)
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}\n{self.worker_logs()}") from None
+        return wait_showing(condition, timeout, what, self.worker_logs)
 
     def cleanup(self) -> None:
         for proc in self.procs:
@@ -281,3 +274,22 @@ def wait_for(condition: Callable[[], T], timeout: float, what: str, interval: fl
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
+
+
+def log_tails(paths: list[Path], limit: int = 6000) -> str:
+    """The last ``limit`` characters of each log, for a failing test's message."""
+    parts = []
+    for path in paths:
+        text = path.read_text(errors="replace") if path.exists() else ""
+        parts.append(f"--- {path.name} ---\n{text[-limit:]}")
+    return "\n".join(parts)
+
+
+def wait_showing(
+    condition: Callable[[], T], timeout: float, what: str, logs: Callable[[], str]
+) -> T:
+    """``wait_for`` that adds ``logs()`` to the failure when it gives up."""
+    try:
+        return wait_for(condition, timeout, what)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{logs()}") from None

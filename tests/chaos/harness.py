@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import conveyor
-from tests.acceptance.conftest import CONVEYOR, alive, children, wait_for
+from tests.acceptance.conftest import CONVEYOR, alive, children, log_tails, wait_for, wait_showing
 from tests.chaos.chaos_tasks import HISTORY_ENV, make_app
 from tests.chaos.history import Recorder, Report, StoredJob, check, read_history, store_view
 
@@ -151,17 +151,10 @@ class Cluster:
         return {j.id: j.state for j in self.store()}
 
     def worker_logs(self) -> str:
-        parts = []
-        for path in self.logs:
-            text = path.read_text(errors="replace") if path.exists() else ""
-            parts.append(f"--- {path.name} ---\n{text[-4000:]}")
-        return "\n".join(parts)
+        return log_tails(self.logs, 4000)
 
     def wait_for(self, condition: Callable[[], T], timeout: float, what: str) -> T:
-        try:
-            return wait_for(condition, timeout, what)
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}\n{self.worker_logs()}") from None
+        return wait_showing(condition, timeout, what, self.worker_logs)
 
 
 @contextlib.contextmanager
