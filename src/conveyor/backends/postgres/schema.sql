@@ -417,3 +417,12 @@ $$;
 CREATE TRIGGER jobs_notify_insert AFTER INSERT ON jobs
 REFERENCING NEW TABLE AS new_jobs
 FOR EACH STATEMENT EXECUTE FUNCTION conveyor_notify_insert();
+
+-- Small JSON documents that are not jobs (API tokens, ...): see records.sql.
+CREATE TABLE records (
+    kind       text COLLATE "C" NOT NULL,
+    key        text COLLATE "C" NOT NULL,
+    value      text NOT NULL,
+    updated_at double precision NOT NULL,
+    PRIMARY KEY (kind, key)
+);

@@ -233,4 +233,13 @@ BEGIN
     WHERE task = OLD.task AND OLD.state = 'running';
 END;
 
+-- Small JSON documents that are not jobs (API tokens, ...): see records.sql.
+CREATE TABLE IF NOT EXISTS records (
+    kind       TEXT NOT NULL,
+    key        TEXT NOT NULL,
+    value      TEXT NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (kind, key)
+) WITHOUT ROWID;
+
 PRAGMA user_version = 1;
