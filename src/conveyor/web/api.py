@@ -138,11 +138,11 @@ async def get_job(job_id: JobId, ctx: Ctx, who: Who) -> JobOut:
 )
 async def cancel_job(job_id: JobId, ctx: Ctx, who: Who) -> CancelOut:
     """Cancel a waiting job at once; a running one is stopped by its worker (``running``)."""
-    await _visible(ctx, who, job_id)
-    after = await (await ctx.backend()).cancel(job_id)
+    before = await _visible(ctx, who, job_id)
+    after = before.state if before.state.is_final else await (await ctx.backend()).cancel(job_id)
     if after is None:
         raise ApiError(404, f"no job with id {job_id!r}")
-    if after not in (JobState.CANCELLED, JobState.RUNNING):
+    if before.state.is_final or after not in (JobState.CANCELLED, JobState.RUNNING):
         raise ApiError(409, f"job {job_id} already {after.value}; nothing to cancel")
     return CancelOut(id=job_id, state=after)
 
