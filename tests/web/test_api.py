@@ -202,7 +202,8 @@ def test_payload_over_the_limit_is_413(served: Running) -> None:
 
 
 # -- batch ------------------------------------------------------------------------------
-def test_batch_submit(served: Running) -> None:
+def test_batch_submit(served_any: Running) -> None:
+    served = served_any
     body = {"jobs": [{"task": "media.resize", "args": [f"img-{i}"]} for i in range(5)]}
     response = served.client(served.org7).post("/jobs/batch", json=body)
     assert response.status_code == 201
@@ -233,7 +234,8 @@ def test_batch_errors_insert_nothing(
 
 
 # -- reading ----------------------------------------------------------------------------
-def test_tenant_isolation_with_two_tokens(served: Running) -> None:
+def test_tenant_isolation_with_two_tokens(served_any: Running) -> None:
+    served = served_any
     mine = submit(served, served.org7)["id"]
     theirs = submit(served, served.org8)["id"]
     org7, org8, admin = (served.client(t) for t in (served.org7, served.org8, served.admin))
@@ -280,7 +282,8 @@ def test_get_job_detail(served: Running) -> None:
 
 
 # -- acting on jobs ---------------------------------------------------------------------
-def test_cancel(served: Running) -> None:
+def test_cancel(served_any: Running) -> None:
+    served = served_any
     job = submit(served, served.org7)
     client = served.client(served.org7)
     response = client.post(f"/jobs/{job['id']}/cancel")
@@ -292,7 +295,8 @@ def test_cancel(served: Running) -> None:
     assert client.post("/jobs/nope/cancel").status_code == 404
 
 
-def test_replay_one_dead_job(served: Running, tmp_path: Path) -> None:
+def test_replay_one_dead_job(served_any: Running, tmp_path: Path) -> None:
+    served = served_any
     [dead] = make_dead(served, served.org7, tmp_path)
     client = served.client(served.org7)
     detail = client.get(f"/jobs/{dead}").json()
@@ -347,7 +351,8 @@ def test_tasks(served: Running) -> None:
     assert names == ["flaky", "media.resize"]
 
 
-def test_metrics(served: Running, tmp_path: Path) -> None:
+def test_metrics(served_any: Running, tmp_path: Path) -> None:
+    served = served_any
     make_dead(served, served.org7, tmp_path)
     submit(served, served.org8)
     response = served.client(served.admin).get("/metrics")

@@ -106,12 +106,28 @@ def test_log_in_see_tenants_replay_a_dead_job(
     assert small_row.locator("td").nth(2).inner_text() == "2"
     page.screenshot(path=str(ARTIFACTS / "tenants.png"), full_page=True)
 
+    # A running job shows on the workers page, with the lease its heartbeat renewed.
+    slow = admin.post("/jobs", json={"task": "slow", "args": [4.0]}).json()["id"]
+    _wait_for_state(admin, slow, "running")
+    page.click("nav >> text=Workers")
+    expect(page.locator("td.mono").first).to_contain_text(worker.id)
+    page.screenshot(path=str(ARTIFACTS / "workers.png"), full_page=True)
+    page.goto(served.base + f"/ui/jobs/{slow}")
+    expect(page.locator("progress")).to_be_visible()
+    page.screenshot(path=str(ARTIFACTS / "running-job.png"), full_page=True)
+
     page.click("nav >> text=Overview")
     expect(page.locator(".card-dead .num")).to_have_text("1")
     page.wait_for_timeout(1500)  # let the charts draw a few points
     page.screenshot(path=str(ARTIFACTS / "overview.png"), full_page=True)
 
     # The dead job: its error and traceback, then replay it with the fix in place.
+    page.click("nav >> text=Jobs")
+    page.select_option("select[name=state]", "dead")
+    page.click("form.filters button")
+    expect(page.locator("table.jobs tbody tr")).to_have_count(1)
+    page.screenshot(path=str(ARTIFACTS / "jobs-filtered.png"), full_page=True)
+
     page.click("nav >> text=Dead letters")
     page.click(f"a:text('{dead}')")
     expect(page.locator("#job-state")).to_contain_text("dead")

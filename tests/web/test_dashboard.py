@@ -142,6 +142,30 @@ def test_logout_ends_the_session(served: Running) -> None:
     assert client.get("/ui/").status_code == 303  # back to the login page
 
 
+def test_revoking_the_token_ends_its_sessions(served: Running) -> None:
+    token = served.create_token(tenant="org-9")
+    client = login(served, token)
+    assert client.get("/ui/jobs").status_code == 200
+    import asyncio
+
+    from conveyor.backends import create_backend
+    from conveyor.web import tokens
+
+    async def revoke() -> None:
+        backend = create_backend(served.store_url)
+        await backend.open()
+        try:
+            for info in await tokens.list_tokens(backend):
+                if info.tenant == "org-9":
+                    await tokens.revoke_token(backend, info.id)
+        finally:
+            await backend.close()
+
+    asyncio.run(revoke())
+    assert client.get("/ui/jobs").status_code == 303
+    assert client.get("/ui/data/overview").status_code == 401
+
+
 @pytest.mark.parametrize("name", ["app.js", "app.css"])
 def test_assets_ship_in_the_package(served: Running, name: str) -> None:
     response = served.client().get(f"/ui/static/{name}")

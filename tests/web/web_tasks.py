@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import conveyor
@@ -21,5 +22,13 @@ def make_app(url: str) -> conveyor.App:
         if not os.path.exists(marker):
             raise RuntimeError(f"{marker} is not there yet")
         return "fixed"
+
+    @app.task(name="slow")
+    def slow(seconds: float) -> str:
+        """Runs a while, reporting progress: something to see on the workers page."""
+        for step in range(10):
+            conveyor.current_job().progress(step / 10, f"step {step + 1}/10")
+            time.sleep(seconds / 10)
+        return "done"
 
     return app

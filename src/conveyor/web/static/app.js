@@ -55,6 +55,16 @@ function drawChart(svg, series) {
     line.setAttribute("points", points.join(" "));
     line.setAttribute("class", "line " + s.cls);
     svg.appendChild(line);
+    if (points.length === 1) {
+      // A lone point draws no line: mark it.
+      const [x, y] = points[0].split(",");
+      const dot = document.createElementNS(SVG, "circle");
+      dot.setAttribute("cx", x);
+      dot.setAttribute("cy", y);
+      dot.setAttribute("r", "3");
+      dot.setAttribute("class", "dot " + s.cls);
+      svg.appendChild(dot);
+    }
   }
 }
 
