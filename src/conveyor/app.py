@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any, ParamSpec, TypeVar, overload
 
+from conveyor import notify
 from conveyor.backends import create_backend
 from conveyor.backends.base import Backend, Clock, NewJob, QueueStats
 from conveyor.config import Defaults, parse_url, resolve_url
@@ -69,6 +70,8 @@ class App:
         self._opening: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
             weakref.WeakKeyDictionary()
         )
+        #: Listeners (``app.on``) and webhooks; registers the ``conveyor.webhook`` task.
+        self.notifier = notify.install(self)
         # Close the sync API's connections at exit rather than abandon them mid-flight
         # with the daemon thread (a weak reference: this must not keep the app alive).
         atexit.register(_close_at_exit, weakref.ref(self))
@@ -140,6 +143,11 @@ class App:
             return task
 
         return register(fn) if fn is not None else register
+
+    def on(self, event: str) -> Callable[[notify.Listener], notify.Listener]:
+        """``@app.on("job.succeeded")``: call a function in the worker process when a job
+        of this app succeeds (also ``job.retrying``, ``job.dead``, ``job.cancelled``)."""
+        return self.notifier.on(event)
 
     def task_caps(self) -> dict[str, int]:
         """Per-task concurrency caps, for the claim."""

@@ -22,6 +22,10 @@ ENDPOINTS = [
     ("PUT", "/tenants/org-7", {"weight": 2}),
     ("GET", "/tasks", None),
     ("GET", "/metrics", None),
+    ("POST", "/webhooks", {"url": "http://127.0.0.1:9/", "events": ["job.dead"]}),
+    ("GET", "/webhooks", None),
+    ("DELETE", "/webhooks/abc", None),
+    ("GET", "/webhooks/abc/deliveries", None),
 ]
 
 
@@ -348,7 +352,7 @@ def test_stats_and_tenant_settings(served: Running) -> None:
 
 def test_tasks(served: Running) -> None:
     names = [t["name"] for t in served.client(served.org7).get("/tasks").json()["tasks"]]
-    assert names == ["flaky", "media.resize"]
+    assert names == ["conveyor.webhook", "flaky", "media.resize", "slow"]
 
 
 def test_metrics(served_any: Running, tmp_path: Path) -> None:

@@ -108,6 +108,8 @@ class Worker:
         self.processed = 0
         self._running: dict[str, _Attempt] = {}
         self._pending: list[Outcome] = []
+        #: Jobs whose pending outcome has listeners or webhooks to tell (notify.py).
+        self._announce: dict[str, ClaimedJob] = {}
         self._progress: dict[str, _Attempt] = {}
         self._progress_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -338,6 +340,8 @@ class Worker:
             else:
                 outcome = attempt.task.result()
         if outcome is not None:
+            if self.app.notifier.wants(job, outcome):  # announced once the store accepts
+                self._announce[job.id] = job
             self._pending.append(outcome)
             self.processed += 1
             self._flush_now.set()
@@ -423,6 +427,9 @@ class Worker:
                 await self._sleep(0.2)
                 return
             for outcome, ok in zip(batch, accepted, strict=True):
+                announced = self._announce.pop(outcome.id, None)
+                if ok and announced is not None:
+                    await self.app.notifier.emit(backend, announced, outcome)
                 if not ok:
                     log.warning(
                         "job %s: %s rejected: the lease is no longer ours (fencing)",
