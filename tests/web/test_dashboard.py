@@ -102,7 +102,8 @@ def test_every_form_needs_its_csrf_token(served: Running, tmp_path: Path) -> Non
     page = client.get(f"/ui/jobs/{dead}")
     token = _csrf(page.text)
     response = client.post(f"/ui/jobs/{dead}/replay", data={"csrf": token})
-    assert response.status_code == 303 and "replayed" in response.headers["location"]
+    assert response.status_code == 303 and "done=replayed" in response.headers["location"]
+    assert "queued again" in client.get(response.headers["location"]).text
     assert admin.get(f"/jobs/{dead}").json()["state"] == "queued"
     response = client.post(f"/ui/jobs/{queued}/cancel", data={"csrf": token})
     assert admin.get(f"/jobs/{queued}").json()["state"] == "cancelled"
@@ -113,7 +114,8 @@ def test_replay_all_dead_from_the_dashboard(served: Running, tmp_path: Path) -> 
     client = login(served, served.admin)
     token = _csrf(client.get("/ui/dead").text)
     response = client.post("/ui/dead/replay", data={"csrf": token, "tenant": "org-7"})
-    assert "replayed+2" in response.headers["location"]
+    assert response.headers["location"] == "/ui/dead?done=replayed-dead&n=2"
+    assert "replayed 2 dead job(s)" in client.get(response.headers["location"]).text
     admin = served.client(served.admin)
     assert {admin.get(f"/jobs/{i}").json()["state"] for i in ids} == {"queued"}
 
@@ -132,6 +134,13 @@ def test_a_tenant_sees_its_own_jobs_only(served: Running) -> None:
     found = client.get("/ui/jobs", params={"q": mine})
     assert found.status_code == 303 and found.headers["location"] == f"/ui/jobs/{mine}"
     assert client.get("/ui/jobs", params={"q": theirs}).status_code == 200
+
+
+def test_flash_messages_are_fixed_texts(served: Running) -> None:
+    client = login(served, served.admin)
+    page = client.get("/ui/", params={"done": "Your token expired, log in at evil.example"})
+    assert "evil.example" not in page.text
+    assert 'class="flash"' not in page.text
 
 
 def test_logout_ends_the_session(served: Running) -> None:

@@ -108,13 +108,34 @@ def render(request: Request, name: str, see: Viewer | None, **values: Any) -> HT
         path=request.url.path,
         who=see.who if see else None,
         csrf=see.csrf if see else "",
-        flash=request.query_params.get("flash"),
+        flash=_flash(request),
     )
     return HTMLResponse(template.render(values), headers={"Cache-Control": "no-store"})
 
 
-def _back(path: str, flash: str) -> RedirectResponse:
-    return RedirectResponse(f"{path}?{urlencode({'flash': flash})}", status_code=303)
+#: What an action reports on the page it returns to. The page shows only these texts,
+#: picked by code, so a crafted link cannot put words of its own on the dashboard.
+FLASHES = {
+    "replayed": "replayed: queued again with fresh attempts",
+    "not-replayed": "cannot replay this job: only dead or cancelled jobs can be replayed",
+    "cancelled": "cancelled",
+    "cancel-requested": "cancel requested: its worker stops it at the next heartbeat",
+    "not-cancelled": "nothing to cancel",
+    "replayed-dead": "replayed {n} dead job(s)",
+}
+
+
+def _flash(request: Request) -> str | None:
+    text = FLASHES.get(request.query_params.get("done", ""))
+    if text is None:
+        return None
+    count = request.query_params.get("n", "0")
+    return text.format(n=int(count) if count.isdigit() and len(count) < 8 else 0)
+
+
+def _back(path: str, done: str, n: int | None = None) -> RedirectResponse:
+    query = {"done": done} if n is None else {"done": done, "n": str(n)}
+    return RedirectResponse(f"{path}?{urlencode(query)}", status_code=303)
 
 
 async def _csrf(request: Request, see: Viewer) -> None:
@@ -345,8 +366,7 @@ async def replay_job(request: Request, job_id: JobId, ctx: Ctx, see: See) -> Res
     await _csrf(request, see)
     job = await _job_for(ctx, see.who, job_id)
     done = job is not None and await (await ctx.backend()).replay(job_id)
-    flash = "replayed: queued again with fresh attempts" if done else "cannot replay this job"
-    return _back(f"/ui/jobs/{quote(job_id)}", flash)
+    return _back(f"/ui/jobs/{quote(job_id)}", "replayed" if done else "not-replayed")
 
 
 @router.post("/jobs/{job_id}/cancel")
@@ -354,12 +374,10 @@ async def cancel_job(request: Request, job_id: JobId, ctx: Ctx, see: See) -> Res
     await _csrf(request, see)
     job = await _job_for(ctx, see.who, job_id)
     after = None if job is None else await (await ctx.backend()).cancel(job_id)
-    messages = {
-        JobState.CANCELLED: "cancelled",
-        JobState.RUNNING: "cancel requested: its worker stops it at the next heartbeat",
-    }
-    flash = messages.get(after, "nothing to cancel") if after is not None else "nothing to cancel"
-    return _back(f"/ui/jobs/{quote(job_id)}", flash)
+    done = {JobState.CANCELLED: "cancelled", JobState.RUNNING: "cancel-requested"}
+    was_active = job is not None and job.state.is_active
+    result = done.get(after, "not-cancelled") if after is not None and was_active else None
+    return _back(f"/ui/jobs/{quote(job_id)}", result or "not-cancelled")
 
 
 @router.get("/dead")
@@ -379,7 +397,7 @@ async def replay_dead(request: Request, ctx: Ctx, see: See) -> Response:
     found = await _list(ctx, see.who, JobState.DEAD.value, **fields)
     backend = await ctx.backend()
     replayed = [j.id for j in found if await backend.replay(j.id)]
-    return _back("/ui/dead", f"replayed {len(replayed)} dead job(s)")
+    return _back("/ui/dead", "replayed-dead", len(replayed))
 
 
 @router.get("/workers")

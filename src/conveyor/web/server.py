@@ -67,7 +67,8 @@ def create_app(
             "`Authorization: Bearer <token>` (`conveyor token create`)."
         ),
         lifespan=lifespan,
-        docs_url="/docs",
+        # FastAPI's /docs page loads its script from a CDN: not served (see /openapi.json).
+        docs_url=None,
         redoc_url=None,
     )
     server.state.conveyor = ctx
