@@ -180,48 +180,66 @@ class Notifier:
     def _stale(self) -> bool:
         return self._fetched_at is None or time.monotonic() - self._fetched_at > WEBHOOKS_TTL
 
-    async def emit(self, backend: Backend, job: ClaimedJob, outcome: Outcome) -> None:
-        """Announce an accepted outcome; never raises (a notification is not the job)."""
-        name = _EVENT_OF.get(outcome.kind)
-        if name is None or job.task == DELIVER_TASK:
-            return
-        error = loads(outcome.error_json) if outcome.error_json else None
-        event = Event(
-            name=name,
-            job_id=job.id,
-            task=job.task,
-            queue=job.queue,
-            tenant=job.tenant,
-            attempt=job.attempt,
-            at=time.time(),
-            result=loads(outcome.result_json) if outcome.result_json else None,
-            error=error if isinstance(error, dict) else None,
-        )
-        for listener in self.listeners.get(name, []):
-            try:
-                maybe = listener(event)
-                if inspect.isawaitable(maybe):
-                    await maybe
-            except Exception:
-                log.exception("listener %r for %s failed", listener, name)
-        try:
-            await self._deliver(backend, event)
-        except Exception:
-            log.exception("could not queue webhook deliveries for %s of job %s", name, job.id)
+    async def emit(self, backend: Backend, finished: list[tuple[ClaimedJob, Outcome]]) -> None:
+        """Announce accepted outcomes; never raises (a notification is not the job).
 
-    async def _deliver(self, backend: Backend, event: Event) -> None:
+        Listeners are called in order; the webhook deliveries of the whole batch are
+        enqueued in one write, on the worker's own connection.
+        """
+        events = [e for e in (_event(job, outcome) for job, outcome in finished) if e]
+        for event in events:
+            for listener in self.listeners.get(event.name, []):
+                try:
+                    maybe = listener(event)
+                    if inspect.isawaitable(maybe):
+                        await maybe
+                except Exception:
+                    log.exception("listener %r for %s failed", listener, event.name)
+        if not events:
+            return
+        try:
+            await self._deliver(backend, events)
+        except Exception:
+            log.exception("could not queue webhook deliveries for %d event(s)", len(events))
+
+    async def _deliver(self, backend: Backend, events: list[Event]) -> None:
         if self._stale():
             records = await backend.list_records(KIND)
             self._webhooks = [Webhook.from_json(k, v) for k, v in records]
             self._fetched_at = time.monotonic()
-        options = EnqueueOptions(tenant=event.tenant, queue=event.queue)
         deliveries = [
-            self.app._new_job(Signature(DELIVER_TASK, (hook.id, event.to_json()), {}, options))
+            self.app._new_job(
+                Signature(
+                    DELIVER_TASK,
+                    (hook.id, event.to_json()),
+                    {},
+                    EnqueueOptions(tenant=event.tenant, queue=event.queue),
+                )
+            )
+            for event in events
             for hook in self._webhooks
             if hook.matches(event)
         ]
-        if deliveries:  # on the worker's own connection, in the event job's queue
+        if deliveries:  # in each event job's own queue and tenant
             await backend.enqueue(deliveries)
+
+
+def _event(job: ClaimedJob, outcome: Outcome) -> Event | None:
+    name = _EVENT_OF.get(outcome.kind)
+    if name is None or job.task == DELIVER_TASK:  # deliveries announce nothing
+        return None
+    error = loads(outcome.error_json) if outcome.error_json else None
+    return Event(
+        name=name,
+        job_id=job.id,
+        task=job.task,
+        queue=job.queue,
+        tenant=job.tenant,
+        attempt=job.attempt,
+        at=time.time(),
+        result=loads(outcome.result_json) if outcome.result_json else None,
+        error=error if isinstance(error, dict) else None,
+    )
 
 
 def install(app: App) -> Notifier:

@@ -426,16 +426,19 @@ class Worker:
                 self._pending[:0] = batch  # keep them; the store is having a moment
                 await self._sleep(0.2)
                 return
+            announce = []
             for outcome, ok in zip(batch, accepted, strict=True):
-                announced = self._announce.pop(outcome.id, None)
-                if ok and announced is not None:
-                    await self.app.notifier.emit(backend, announced, outcome)
+                job = self._announce.pop(outcome.id, None)
+                if ok and job is not None:
+                    announce.append((job, outcome))
                 if not ok:
                     log.warning(
                         "job %s: %s rejected: the lease is no longer ours (fencing)",
                         outcome.id,
                         outcome.kind.value,
                     )
+            if announce:
+                await self.app.notifier.emit(backend, announce)
 
     async def _flush_loop(self) -> None:
         while True:
