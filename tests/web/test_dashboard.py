@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import httpx
@@ -181,3 +182,32 @@ def test_assets_ship_in_the_package(served: Running, name: str) -> None:
     assert response.status_code == 200
     assert "http://" not in response.text.replace("http://www.w3.org/2000/svg", "")
     assert "https://" not in response.text
+
+
+def test_workers_page_shows_presence_heartbeats(served: Running, worker: object) -> None:
+    from conveyor.worker import Worker, presence
+
+    assert isinstance(worker, Worker)
+    admin = served.client(served.admin)
+    deadline = time.monotonic() + 10
+    while 'conveyor_workers{status="alive"} 1.0' not in admin.get("/metrics").text:
+        assert time.monotonic() < deadline, "the worker's presence never showed"
+        time.sleep(0.05)
+    client = login(served, served.admin)
+    row = client.get("/ui/workers").text.split(f'data-worker="{worker.id}"')[1].split("</tr>")[0]
+    assert "alive" in row and "default" in row
+    assert presence.parse("w", '{"seen_at": 100, "interval": 5}', 114)["alive"] is True
+    assert presence.parse("w", '{"seen_at": 100, "interval": 5}', 116)["alive"] is False
+    assert presence.parse("w", "not json", 116)["alive"] is False
+    # A tenant does not see workers that run nothing of its own.
+    assert worker.id not in login(served, served.org7).get("/ui/workers").text
+
+
+def test_a_stopped_worker_removes_its_presence(served: Running) -> None:
+    from conveyor.worker import Worker
+
+    w = Worker(served.app, handle_signals=False, poll_interval=0.05)
+    w.run(burst=True)
+    text = served.client(served.admin).get("/metrics").text
+    assert 'conveyor_workers{status="alive"} 0.0' in text
+    assert w.id not in login(served, served.admin).get("/ui/workers").text

@@ -29,6 +29,7 @@ from conveyor.web import tokens
 from conveyor.web.api import queue_stats
 from conveyor.web.context import Principal, WebContext, context
 from conveyor.web.sampler import run_seconds, wait_seconds
+from conveyor.worker import presence
 
 FRAGMENT_HEADER = "x-conveyor-fragment"
 _LIST_LIMIT = 200
@@ -402,25 +403,27 @@ async def replay_dead(request: Request, ctx: Ctx, see: See) -> Response:
 
 @router.get("/workers")
 async def workers(request: Request, ctx: Ctx, see: See) -> Response:
+    """Workers from their presence heartbeats, with the jobs each is running."""
     backend = await ctx.backend()
+    now = await backend.now()
     running = await backend.query(state=JobState.RUNNING, limit=_RUNNING_SCAN)
-    by_worker: dict[str, dict[str, Any]] = {}
+    jobs_of: dict[str, list[Job]] = {}
     for job in running:
-        w = by_worker.setdefault(
-            job.worker or "?",
-            {"worker": job.worker or "?", "jobs": [], "queues": set(), "lease_until": None},
-        )
-        if see.who.sees(job.tenant):
-            w["jobs"].append(job)
-        w["queues"].add(job.queue)
-        if job.lease_expires_at is not None and (
-            w["lease_until"] is None or job.lease_expires_at > w["lease_until"]
-        ):
-            w["lease_until"] = job.lease_expires_at
-    listed = sorted(by_worker.values(), key=lambda w: str(w["worker"]))
-    if not see.who.admin:  # a tenant sees the workers running its own jobs only
-        listed = [w for w in listed if w["jobs"]]
-    return render(request, "workers.html", see, workers=listed)
+        jobs_of.setdefault(job.worker or "?", []).append(job)
+    listed: dict[str, dict[str, Any]] = {
+        key: presence.parse(key, text, now)
+        for key, text in await backend.list_records(presence.KIND)
+    }
+    for worker_id in jobs_of:  # holding jobs but not (yet) heard from
+        listed.setdefault(worker_id, {"id": worker_id, "alive": None, "age": None})
+    rows = []
+    for worker_id, info in sorted(listed.items()):
+        mine = [j for j in jobs_of.get(worker_id, []) if see.who.sees(j.tenant)]
+        if not see.who.admin and not mine:
+            continue  # a tenant sees the workers running its own jobs only
+        leases = [j.lease_expires_at for j in jobs_of.get(worker_id, []) if j.lease_expires_at]
+        rows.append(info | {"jobs": mine, "lease_until": max(leases) if leases else None})
+    return render(request, "workers.html", see, workers=rows)
 
 
 @router.get("/schedules")

@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector
 from conveyor.backends.base import QueueStats
 from conveyor.job import Job, JobState
 from conveyor.web.context import WebContext
+from conveyor.worker import presence
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
@@ -34,6 +35,8 @@ def _tenant(value: str | None) -> str:
 class Snapshot:
     stats: list[QueueStats] = field(default_factory=list)
     workers: int = 0
+    alive: int = 0
+    lost: int = 0
 
 
 class StoreCollector(Collector):
@@ -85,7 +88,14 @@ class StoreCollector(Collector):
             "Workers holding at least one running job (idle workers are not in the store)",
             value=self.snapshot.workers,
         )
-        return [jobs, wait, weight, cap, share, workers]
+        present = GaugeMetricFamily(
+            "conveyor_workers",
+            "Workers by presence heartbeat: alive, or lost (not heard from for 3 beats)",
+            labels=["status"],
+        )
+        present.add_metric(["alive"], self.snapshot.alive)
+        present.add_metric(["lost"], self.snapshot.lost)
+        return [jobs, wait, weight, cap, share, workers, present]
 
 
 class Metrics:
@@ -143,7 +153,14 @@ class Metrics:
         backend = await ctx.backend()
         stats = await backend.stats()
         running = await backend.query(state=JobState.RUNNING, limit=_RUNNING_SCAN)
-        snapshot = Snapshot(stats=stats, workers=len({j.worker for j in running if j.worker}))
+        now = await backend.now()
+        seen = [presence.parse(k, v, now) for k, v in await backend.list_records(presence.KIND)]
+        snapshot = Snapshot(
+            stats=stats,
+            workers=len({j.worker for j in running if j.worker}),
+            alive=sum(1 for w in seen if w["alive"]),
+            lost=sum(1 for w in seen if not w["alive"]),
+        )
         async with self._lock:  # no await between setting the snapshot and rendering it
             self.store.snapshot = snapshot
             return generate_latest(self.registry)

@@ -20,8 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from conveyor.backends.base import QueueStats
+from conveyor.backends.base import Backend, QueueStats
 from conveyor.job import Job, JobState
+from conveyor.worker import presence
 
 if TYPE_CHECKING:
     from conveyor.app import App
@@ -132,6 +133,7 @@ class Sampler:
         finished = await backend.query(state=JobState.SUCCEEDED, limit=SAMPLE_WINDOW)
         finished += await backend.query(state=JobState.DEAD, limit=SAMPLE_WINDOW)
         stats = await backend.stats()
+        await self._prune_workers(backend)
         now = time.monotonic()
         seconds, self._last = max(now - self._last, 1e-3), now
         new = [j for j in finished if j.id not in self._seen]
@@ -151,6 +153,13 @@ class Sampler:
                 observe(job, wait, run)
         self.ticks.append(tick)
         return tick
+
+    async def _prune_workers(self, backend: Backend) -> None:
+        """Forget workers that died without a word (their records stop being renewed)."""
+        now = await backend.now()
+        for key, text in await backend.list_records(presence.KIND):
+            if presence.parse(key, text, now)["age"] > presence.PRUNE_AFTER:
+                await backend.delete_record(presence.KIND, key)
 
     def series(self, tenant: str | None, admin: bool) -> list[dict[str, float | None]]:
         return [t.point(tenant, admin) for t in self.ticks]

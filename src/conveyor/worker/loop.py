@@ -30,6 +30,7 @@ from conveyor.backends import create_backend
 from conveyor.backends.base import Backend, ClaimedJob, Lease, Outcome, OutcomeKind
 from conveyor.context import JobContext
 from conveyor.job import from_timestamp
+from conveyor.worker import presence
 from conveyor.worker.runner import run_attempt
 from conveyor.worker.threads import DaemonThreadPool
 
@@ -131,6 +132,10 @@ class Worker:
             loop.call_soon_threadsafe(self._request_stop)
 
     @property
+    def running_count(self) -> int:
+        return len(self._running)
+
+    @property
     def exit_code(self) -> int | None:
         """Set when the worker asks its process to be replaced (see ``EXIT_REPLACE``)."""
         return self._exit_code
@@ -151,6 +156,7 @@ class Worker:
             asyncio.create_task(self._supervised(self._heartbeat_loop, "heartbeat")),
             asyncio.create_task(self._supervised(self._flush_loop, "flush")),
             asyncio.create_task(self._supervised(self._maintenance_loop, "maintenance")),
+            asyncio.create_task(presence.presence_loop(self, self._backend)),
         ]
         try:
             await self._claim_loop(burst)
@@ -163,6 +169,7 @@ class Worker:
                 await self._flush()
             with contextlib.suppress(Exception):
                 await self._backend.unlock(_MAINTENANCE_LOCK, self.id)
+            await presence.leave(self, self._backend)
             for sig in installed:
                 self._loop.remove_signal_handler(sig)
             self._executor.shutdown(wait=False, cancel_futures=True)
