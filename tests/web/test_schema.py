@@ -35,3 +35,21 @@ def test_no_server_errors(case: schemathesis.Case, served: Running, tmp_path: Pa
         headers={"Authorization": f"Bearer {served.admin}"},
         checks=[not_a_server_error, response_schema_conformance],
     )
+
+
+@schema.parametrize()
+@settings(
+    max_examples=8,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=list(HealthCheck),
+)
+def test_no_server_errors_for_a_tenant_token(
+    case: schemathesis.Case, served: Running, tmp_path: Path
+) -> None:
+    """The tenant paths (403s, hidden jobs, forced tenant) hold up to generated input too."""
+    case.call_and_validate(
+        base_url=served.base,
+        headers={"Authorization": f"Bearer {served.org7}"},
+        checks=[not_a_server_error, response_schema_conformance],
+    )

@@ -275,7 +275,7 @@ def _by_queue(q: dict[str, Any]) -> str:
 async def tenants(request: Request, ctx: Ctx, see: See) -> Response:
     rows = await queue_stats(ctx, see.who)
     rows.sort(key=lambda r: (r.queue, -(r.queued + r.running), r.tenant or ""))
-    return render(request, "tenants.html", see, rows=rows)
+    return render(request, "tenants.html", see, rows=rows, waits=ctx.sampler.recent_waits())
 
 
 @router.get("/jobs")

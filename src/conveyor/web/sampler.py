@@ -161,5 +161,13 @@ class Sampler:
             if presence.parse(key, text, now)["age"] > presence.PRUNE_AFTER:
                 await backend.delete_record(presence.KIND, key)
 
+    def recent_waits(self, ticks: int = 30) -> dict[str | None, float]:
+        """Median wait per tenant over the last ``ticks`` samples (a minute by default)."""
+        waits: dict[str | None, list[float]] = {}
+        for tick in list(self.ticks)[-ticks:]:
+            for tenant, bucket in tick.tenants.items():
+                waits.setdefault(tenant, []).extend(bucket.waits)
+        return {t: statistics.median(w) for t, w in waits.items() if w}
+
     def series(self, tenant: str | None, admin: bool) -> list[dict[str, float | None]]:
         return [t.point(tenant, admin) for t in self.ticks]
