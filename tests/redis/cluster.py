@@ -1,0 +1,118 @@
+"""A private Redis Cluster for tests: three masters, no replicas, on free loopback ports.
+
+Starting one costs about a second, so a test session shares one cluster between every
+test that asks for it (``cluster_session``: the first user starts it, the last one to
+finish stops it). Stores on it are isolated by key prefix like on the shared server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.redis.conftest import PrivateRedis
+
+MASTERS = 3
+
+
+class PrivateCluster:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.nodes: list[PrivateRedis] = []
+
+    @property
+    def url(self) -> str:
+        """A cluster URL naming every node (any one of them is enough to connect)."""
+        first, *rest = self.nodes
+        more = "".join(f"&node=127.0.0.1:{n.port}" for n in rest)
+        return f"redis://127.0.0.1:{first.port}/0?cluster=1{more}"
+
+    def store_url(self) -> str:
+        """A fresh store (its own prefix) on the cluster."""
+        return f"{self.url}&prefix=t-{uuid.uuid4().hex}"
+
+    def start(self) -> None:
+        for i in range(MASTERS):
+            directory = self.directory / f"node{i}"
+            directory.mkdir()
+            node = PrivateRedis(
+                directory,
+                [
+                    "--cluster-enabled", "yes",
+                    "--cluster-config-file", str(directory / "nodes.conf"),
+                    "--cluster-node-timeout", "2000",
+                    "--appendonly", "no",
+                ],
+            )  # fmt: skip
+            self.nodes.append(node)
+            node.start()
+        subprocess.run(
+            [
+                "redis-cli", "--cluster", "create",
+                *(f"127.0.0.1:{n.port}" for n in self.nodes),
+                "--cluster-replicas", "0", "--cluster-yes",
+            ],
+            check=True, capture_output=True, timeout=30,
+        )  # fmt: skip
+        self._wait_until_ok()
+
+    def _wait_until_ok(self) -> None:
+        """Every node agrees the cluster is up and knows every node (gossip is async)."""
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if all(self._info(n).get("cluster_state") == "ok" for n in self.nodes) and all(
+                self._info(n).get("cluster_known_nodes") == str(MASTERS) for n in self.nodes
+            ):
+                return
+            time.sleep(0.05)
+        raise RuntimeError("private Redis Cluster did not reach cluster_state:ok")
+
+    @staticmethod
+    def _info(node: PrivateRedis) -> dict[str, str]:
+        out = subprocess.run(
+            ["redis-cli", "-p", str(node.port), "cluster", "info"],
+            capture_output=True, text=True, timeout=5,
+        ).stdout  # fmt: skip
+        return dict(line.strip().split(":", 1) for line in out.splitlines() if ":" in line)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.kill()
+
+
+_shared: PrivateCluster | None = None
+_users = 0
+
+
+@contextlib.contextmanager
+def cluster_session() -> Iterator[PrivateCluster]:
+    """The session's shared cluster: started by its first user, stopped by its last."""
+    global _shared, _users
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        pytest.skip("!!! SKIPPED: no redis-server/redis-cli executables to start a cluster !!!")
+    if _shared is None:
+        cluster = PrivateCluster(Path(tempfile.mkdtemp(prefix="conveyor-cluster-")))
+        try:
+            cluster.start()
+        except BaseException:
+            cluster.stop()
+            shutil.rmtree(cluster.directory, ignore_errors=True)
+            raise
+        _shared = cluster
+    _users += 1
+    try:
+        yield _shared
+    finally:
+        _users -= 1
+        if _users == 0:
+            _shared.stop()
+            shutil.rmtree(_shared.directory, ignore_errors=True)
+            _shared = None
