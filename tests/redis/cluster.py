@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -21,6 +22,25 @@ import pytest
 from tests.redis.conftest import PrivateRedis
 
 MASTERS = 3
+#: Each node also listens on its port + 10000 (the cluster bus).
+BUS_OFFSET = 10000
+
+
+def cluster_node_port() -> int:
+    """A free port whose cluster-bus port (port + 10000) is free and valid too."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+            if port + BUS_OFFSET > 65535:
+                continue
+            with socket.socket() as bus:
+                try:
+                    bus.bind(("127.0.0.1", port + BUS_OFFSET))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no free port pair for a cluster node")
 
 
 class PrivateCluster:
@@ -52,6 +72,7 @@ class PrivateCluster:
                     "--appendonly", "no",
                 ],
             )  # fmt: skip
+            node.port = cluster_node_port()
             self.nodes.append(node)
             node.start()
         subprocess.run(
