@@ -23,7 +23,7 @@ from conveyor.backends.redis import RedisBackend, UnsafeServerError, _safety
 from conveyor.backends.redis._client import make_client
 from conveyor.backends.redis._url import Keys, RedisOptions
 from conveyor.job import new_job_id
-from tests.redis.cluster import PrivateCluster, cluster_session
+from tests.redis.cluster import PrivateCluster, cluster_node_port, cluster_session
 
 
 @pytest.fixture(scope="module")
@@ -264,3 +264,15 @@ def test_a_worker_survives_dropped_cluster_connections(cluster: PrivateCluster) 
         thread.join(20)
         app.close()
     assert not thread.is_alive()
+
+
+async def test_another_node_is_tried_when_the_first_is_down(cluster: PrivateCluster) -> None:
+    dead = cluster_node_port()  # nothing listens there
+    live = cluster.nodes[1].port
+    url = f"redis://127.0.0.1:{dead}/0?cluster=1&node=127.0.0.1:{live}&prefix=t-{new_job_id()}"
+    backend = create_backend(url)
+    await backend.open()
+    try:
+        assert await backend.enqueue([j := job()]) == [j.id]
+    finally:
+        await backend.close()
