@@ -44,9 +44,11 @@ def cluster_node_port() -> int:
 
 
 class PrivateCluster:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, node_timeout_ms: int = 2000) -> None:
         self.directory = directory
+        self.node_timeout_ms = node_timeout_ms
         self.nodes: list[PrivateRedis] = []
+        self.replicas: list[PrivateRedis] = []
 
     @property
     def url(self) -> str:
@@ -59,22 +61,27 @@ class PrivateCluster:
         """A fresh store (its own prefix) on the cluster."""
         return f"{self.url}&prefix=t-{uuid.uuid4().hex}"
 
+    def _start_node(self, name: str) -> PrivateRedis:
+        directory = self.directory / name
+        directory.mkdir()
+        node = PrivateRedis(
+            directory,
+            [
+                "--cluster-enabled", "yes",
+                "--cluster-config-file", str(directory / "nodes.conf"),
+                "--cluster-node-timeout", str(self.node_timeout_ms),
+                "--appendonly", "no",
+                # A new replica syncs at once, not after the default 5 s wait for others.
+                "--repl-diskless-sync-delay", "0",
+            ],
+        )  # fmt: skip
+        node.port = cluster_node_port()
+        node.start()
+        return node
+
     def start(self) -> None:
         for i in range(MASTERS):
-            directory = self.directory / f"node{i}"
-            directory.mkdir()
-            node = PrivateRedis(
-                directory,
-                [
-                    "--cluster-enabled", "yes",
-                    "--cluster-config-file", str(directory / "nodes.conf"),
-                    "--cluster-node-timeout", "2000",
-                    "--appendonly", "no",
-                ],
-            )  # fmt: skip
-            node.port = cluster_node_port()
-            self.nodes.append(node)
-            node.start()
+            self.nodes.append(self._start_node(f"node{i}"))
         subprocess.run(
             [
                 "redis-cli", "--cluster", "create",
@@ -85,27 +92,54 @@ class PrivateCluster:
         )  # fmt: skip
         self._wait_until_ok()
 
+    def add_replica(self, master: PrivateRedis) -> PrivateRedis:
+        """A replica of ``master``, in sync, known to every node."""
+        replica = self._start_node(f"replica{len(self.replicas)}")
+        self.replicas.append(replica)
+        master_id = self._cli(master, "cluster", "myid").strip()
+        subprocess.run(
+            [
+                "redis-cli", "--cluster", "add-node",
+                f"127.0.0.1:{replica.port}", f"127.0.0.1:{master.port}",
+                "--cluster-slave", "--cluster-master-id", master_id,
+            ],
+            check=True, capture_output=True, timeout=30,
+        )  # fmt: skip
+        deadline = time.monotonic() + 20
+        while "master_link_status:up" not in self._cli(replica, "info", "replication"):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the replica never synced with its master")
+            time.sleep(0.05)
+        self._wait_until_ok()
+        return replica
+
     def _wait_until_ok(self) -> None:
         """Every node agrees the cluster is up and knows every node (gossip is async)."""
+        everyone = [*self.nodes, *self.replicas]
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            if all(self._info(n).get("cluster_state") == "ok" for n in self.nodes) and all(
-                self._info(n).get("cluster_known_nodes") == str(MASTERS) for n in self.nodes
+            infos = [self._info(n) for n in everyone]
+            if all(i.get("cluster_state") == "ok" for i in infos) and all(
+                i.get("cluster_known_nodes") == str(len(everyone)) for i in infos
             ):
                 return
             time.sleep(0.05)
         raise RuntimeError("private Redis Cluster did not reach cluster_state:ok")
 
     @staticmethod
-    def _info(node: PrivateRedis) -> dict[str, str]:
-        out = subprocess.run(
-            ["redis-cli", "-p", str(node.port), "cluster", "info"],
+    def _cli(node: PrivateRedis, *args: str) -> str:
+        return subprocess.run(
+            ["redis-cli", "-p", str(node.port), *args],
             capture_output=True, text=True, timeout=5,
         ).stdout  # fmt: skip
+
+    @classmethod
+    def _info(cls, node: PrivateRedis) -> dict[str, str]:
+        out = cls._cli(node, "cluster", "info")
         return dict(line.strip().split(":", 1) for line in out.splitlines() if ":" in line)
 
     def stop(self) -> None:
-        for node in self.nodes:
+        for node in [*self.nodes, *self.replicas]:
             node.kill()
 
 
@@ -113,12 +147,16 @@ _shared: PrivateCluster | None = None
 _users = 0
 
 
+def require_cluster_tools() -> None:
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        pytest.skip("!!! SKIPPED: no redis-server/redis-cli executables to start a cluster !!!")
+
+
 @contextlib.contextmanager
 def cluster_session() -> Iterator[PrivateCluster]:
     """The session's shared cluster: started by its first user, stopped by its last."""
     global _shared, _users
-    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
-        pytest.skip("!!! SKIPPED: no redis-server/redis-cli executables to start a cluster !!!")
+    require_cluster_tools()
     if _shared is None:
         cluster = PrivateCluster(Path(tempfile.mkdtemp(prefix="conveyor-cluster-")))
         try:

@@ -9,7 +9,10 @@ import asyncio
 import itertools
 import logging
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from redis.asyncio.cluster import RedisCluster
@@ -23,7 +26,14 @@ from conveyor.backends.redis import RedisBackend, UnsafeServerError, _safety
 from conveyor.backends.redis._client import make_client
 from conveyor.backends.redis._url import Keys, RedisOptions
 from conveyor.job import new_job_id
-from tests.redis.cluster import PrivateCluster, cluster_node_port, cluster_session
+from tests.redis.cluster import (
+    PrivateCluster,
+    cluster_node_port,
+    cluster_session,
+    require_cluster_tools,
+)
+
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +46,9 @@ def node_clients(cluster: PrivateCluster) -> dict[int, redis.Redis]:
     return {n.port: redis.Redis(port=n.port, decode_responses=True) for n in cluster.nodes}
 
 
-def owner_port(cluster: PrivateCluster, prefix: str) -> int:
-    """The port of the node that owns the slot of ``prefix``'s store."""
-    admin = redis.RedisCluster(host="127.0.0.1", port=cluster.nodes[0].port)
+def owner_port(cluster: PrivateCluster, prefix: str, *, via: int | None = None) -> int:
+    """The port of the node that owns the slot of ``prefix``'s store (asking ``via``)."""
+    admin = redis.RedisCluster(host="127.0.0.1", port=via or cluster.nodes[0].port)
     try:
         return int(admin.get_node_from_key(Keys(prefix).route).port)
     finally:
@@ -276,3 +286,64 @@ async def test_another_node_is_tried_when_the_first_is_down(cluster: PrivateClus
         assert await backend.enqueue([j := job()]) == [j.id]
     finally:
         await backend.close()
+
+
+def _retrying(fn: Callable[[], T], seconds: float = 30.0) -> T:
+    """The test's own calls meet the failover too: retry them, bounded."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return fn()
+        except (
+            redis.exceptions.ConnectionError,
+            redis.exceptions.ClusterDownError,
+            redis.exceptions.SlotNotCoveredError,
+        ):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def test_a_worker_carries_on_after_a_failover(tmp_path: Path) -> None:
+    require_cluster_tools()
+    cluster = PrivateCluster(tmp_path, node_timeout_ms=500)
+    try:
+        cluster.start()
+        prefix = next(
+            p
+            for p in (f"failover-{i}" for i in itertools.count())
+            if owner_port(cluster, p) == cluster.nodes[0].port
+        )
+        replica = cluster.add_replica(cluster.nodes[0])
+        app = conveyor.App(f"{cluster.url}&node=127.0.0.1:{replica.port}&prefix={prefix}")
+
+        @app.task(name="noop")
+        def noop(n: int) -> int:
+            return n
+
+        worker = conveyor.Worker(app, concurrency=4, handle_signals=False)
+        thread = threading.Thread(target=worker.run, daemon=True)
+        thread.start()
+        try:
+            before = [noop.enqueue(i) for i in range(10)]
+            assert [h.wait(timeout=20) for h in before] == list(range(10))
+            waiting = noop.options(delay=1.0).enqueue(99)
+            # Replication is asynchronous: make sure the replica has that job. (WAIT counts
+            # this connection's writes, which the replica gets in order after the job.)
+            primary = redis.Redis(port=cluster.nodes[0].port)
+            primary.set(f"{{{prefix}}}:synced", 1)
+            assert primary.wait(1, 10_000) == 1
+            primary.close()
+            cluster.nodes[0].kill()  # the store's primary: its replica takes over
+            after = _retrying(lambda: [noop.enqueue(i) for i in range(10)])
+            assert _retrying(lambda: [h.wait(timeout=30) for h in after]) == list(range(10))
+            assert _retrying(lambda: waiting.wait(timeout=30)) == 99
+            assert owner_port(cluster, prefix, via=replica.port) == replica.port
+            assert thread.is_alive()
+        finally:
+            worker.stop()
+            thread.join(20)
+            app.close()
+        assert not thread.is_alive()
+    finally:
+        cluster.stop()
