@@ -218,3 +218,10 @@ def test_tls_options_reach_the_cluster_client() -> None:
 def test_tls_mistakes_are_refused_at_once(url: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         RedisOptions.parse(url)
+
+
+def test_errors_do_not_show_the_password() -> None:
+    with pytest.raises(ValueError, match="only applies to TLS") as error:
+        RedisOptions.parse("redis://user:s3cret@h/0?ssl_ca_certs=/ca.pem")
+    assert "s3cret" not in str(error.value)
+    assert "user:***@h" in str(error.value)

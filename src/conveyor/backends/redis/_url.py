@@ -11,6 +11,16 @@ _FALSE = {"0", "false", "no", "off", ""}
 _CERT_REQS = ("none", "optional", "required")
 
 
+def _shown(url: str) -> str:
+    """``url`` for an error message: the password replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
 def _flag(name: str, value: str, url: str) -> bool:
     lowered = value.lower()
     if lowered in _TRUE:
@@ -50,9 +60,10 @@ class RedisOptions:
     @classmethod
     def parse(cls, url: str) -> RedisOptions:
         parts = urlsplit(url)
+        shown = _shown(url)
         scheme = parts.scheme.lower()
         if scheme not in ("redis", "rediss"):
-            raise ValueError(f"not a Redis URL: {url!r} (write redis://host:port/db)")
+            raise ValueError(f"not a Redis URL: {shown!r} (write redis://host:port/db)")
         prefix, allow_eviction, cluster = "conveyor", False, False
         nodes: list[tuple[str, int]] = []
         rest = []
@@ -60,23 +71,23 @@ class RedisOptions:
             if name == "prefix":
                 prefix = value
             elif name == "allow_eviction":
-                allow_eviction = _flag(name, value, url)
+                allow_eviction = _flag(name, value, shown)
             elif name == "cluster":
-                cluster = _flag(name, value, url)
+                cluster = _flag(name, value, shown)
             elif name == "node":
-                nodes.append(_host_port(value, url))
+                nodes.append(_host_port(value, shown))
             else:
-                rest.append((name, _check_client_option(name, value, scheme, url)))
+                rest.append((name, _check_client_option(name, value, scheme, shown)))
         if not prefix:
-            raise ValueError(f"empty prefix= in Redis URL {url!r}")
+            raise ValueError(f"empty prefix= in Redis URL {shown!r}")
         db = parts.path.lstrip("/") or "0"
         if cluster and db != "0":
             raise ValueError(
-                f"Redis URL {url!r} names database {db}, but a Redis Cluster only has "
+                f"Redis URL {shown!r} names database {db}, but a Redis Cluster only has "
                 "database 0: drop the /db part or write /0"
             )
         if nodes and not cluster:
-            raise ValueError(f"node= in Redis URL {url!r} needs cluster=1 (a cluster URL)")
+            raise ValueError(f"node= in Redis URL {shown!r} needs cluster=1 (a cluster URL)")
         client_url = urlunsplit(parts._replace(query=urlencode(rest)))
         host = f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
         where = f"the cluster at {host}" if cluster else f"{host}/{db}"
