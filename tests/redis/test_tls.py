@@ -22,6 +22,7 @@ from conveyor import JobState
 from conveyor.backends import create_backend
 from conveyor.backends.redis._client import make_client
 from conveyor.backends.redis._url import RedisOptions
+from tests.redis.cluster import cluster_node_port
 from tests.redis.conftest import free_port
 
 
@@ -103,28 +104,46 @@ def _wait_for_tls(port: int, certs: Certs, process: subprocess.Popen[bytes], log
     raise RuntimeError("TLS redis-server did not start")
 
 
-@pytest.fixture
-def tls_server(tmp_path: Path) -> Iterator[TLSServer]:
-    """A private redis-server that speaks TLS only (no plain-text port) and requires a
-    client certificate signed by the test's CA."""
+def _tls_tools() -> str:
     exe = shutil.which("redis-server")
-    if exe is None or shutil.which("openssl") is None:
-        pytest.skip("!!! SKIPPED: needs the redis-server and openssl executables !!!")
-    certs = make_certs(tmp_path)
-    port = free_port()
-    log = tmp_path / "redis.log"
+    if exe is None or shutil.which("openssl") is None or shutil.which("redis-cli") is None:
+        pytest.skip("!!! SKIPPED: needs the redis-server, redis-cli and openssl executables !!!")
+    return exe
+
+
+def start_tls_redis(
+    directory: Path, certs: Certs, port: int, args: list[str]
+) -> subprocess.Popen[bytes]:
+    """A redis-server speaking TLS only (no plain-text port) that requires a client
+    certificate signed by the test's CA; returns once it answers."""
+    directory.mkdir(exist_ok=True)
+    log = directory / "redis.log"
     process = subprocess.Popen(
         [
-            exe, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
-            "--dir", str(tmp_path), "--save", "", "--appendonly", "no",
+            _tls_tools(), "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+            "--dir", str(directory), "--save", "", "--appendonly", "no",
             "--logfile", str(log),
             "--tls-cert-file", str(certs.server_cert), "--tls-key-file", str(certs.server_key),
-            "--tls-ca-cert-file", str(certs.ca), "--tls-auth-clients", "yes",
+            "--tls-ca-cert-file", str(certs.ca), "--tls-auth-clients", "yes", *args,
         ],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
         _wait_for_tls(port, certs, process, log)
+    except BaseException:
+        process.kill()
+        process.wait(timeout=10)
+        raise
+    return process
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path) -> Iterator[TLSServer]:
+    _tls_tools()
+    certs = make_certs(tmp_path)
+    port = free_port()
+    process = start_tls_redis(tmp_path / "server", certs, port, [])
+    try:
         yield TLSServer(port, certs)
     finally:
         process.kill()
@@ -171,6 +190,62 @@ async def test_the_server_refuses_a_client_without_a_certificate(tls_server: TLS
     with pytest.raises(redis.exceptions.ConnectionError):
         await backend.open()
     await backend.close()
+
+
+def test_a_worker_runs_jobs_on_a_cluster_over_tls(tmp_path: Path) -> None:
+    """``rediss://…?cluster=1``: the client, the nodes it discovers and the cluster bus
+    all speak TLS (the nodes have no plain-text port)."""
+    _tls_tools()
+    certs = make_certs(tmp_path)
+    ports = [cluster_node_port() for _ in range(3)]
+    cli_tls = ["--tls", "--cacert", str(certs.ca), "--cert", str(certs.client_cert),
+               "--key", str(certs.client_key)]  # fmt: skip
+    processes = []
+    try:
+        for i, port in enumerate(ports):
+            directory = tmp_path / f"node{i}"
+            args = ["--cluster-enabled", "yes", "--tls-cluster", "yes",
+                    "--cluster-config-file", str(directory / "nodes.conf")]  # fmt: skip
+            processes.append(start_tls_redis(directory, certs, port, args))
+        subprocess.run(
+            ["redis-cli", *cli_tls, "--cluster", "create",
+             *(f"127.0.0.1:{p}" for p in ports), "--cluster-replicas", "0", "--cluster-yes"],
+            check=True, capture_output=True, timeout=30,
+        )  # fmt: skip
+        deadline = time.monotonic() + 20
+
+        def state(port: int) -> str:
+            cmd = ["redis-cli", *cli_tls, "-p", str(port), "cluster", "info"]
+            return subprocess.run(cmd, capture_output=True, text=True, timeout=5).stdout
+
+        while not all("cluster_state:ok" in state(p) for p in ports):
+            assert time.monotonic() < deadline, "the TLS cluster never came up"
+            time.sleep(0.05)
+
+        server = TLSServer(ports[0], certs)
+        # One store per node: `--cluster create` gives the nodes slots 0-5460,
+        # 5461-10922 and 10923-16383, and these tags hash to 3845, 8096 and 16230.
+        apps = [
+            conveyor.App(server.url(prefix=prefix) + "&cluster=1")
+            for prefix in ("tls-a", "tls-d", "tls-b")
+        ]
+        try:
+            for app in apps:
+
+                @app.task(name="double")
+                def double(n: int) -> int:
+                    return 2 * n
+
+                handles = [double.enqueue(i) for i in range(10)]
+                conveyor.Worker(app, concurrency=4, handle_signals=False).run(burst=True)
+                assert [h.wait(timeout=10) for h in handles] == [2 * i for i in range(10)]
+        finally:
+            for app in apps:
+                app.close()
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait(timeout=10)
 
 
 # -- URL options reach redis-py (no server needed) ---------------------------------------
