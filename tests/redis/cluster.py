@@ -157,15 +157,21 @@ def cluster_session() -> Iterator[PrivateCluster]:
     """The session's shared cluster: started by its first user, stopped by its last."""
     global _shared, _users
     require_cluster_tools()
-    if _shared is None:
+    for attempt in (1, 2):  # once more if another process took a port we picked
+        if _shared is not None:
+            break
         cluster = PrivateCluster(Path(tempfile.mkdtemp(prefix="conveyor-cluster-")))
         try:
             cluster.start()
-        except BaseException:
-            cluster.stop()
-            shutil.rmtree(cluster.directory, ignore_errors=True)
-            raise
-        _shared = cluster
+            _shared = cluster
+        except Exception:
+            if attempt == 2:
+                raise
+        finally:
+            if _shared is not cluster:
+                cluster.stop()
+                shutil.rmtree(cluster.directory, ignore_errors=True)
+    assert _shared is not None
     _users += 1
     try:
         yield _shared

@@ -36,7 +36,7 @@ from tests.redis.cluster import (
 T = TypeVar("T")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # shared with tests/contract's redis-cluster engine
 def cluster() -> Iterator[PrivateCluster]:
     with cluster_session() as started:
         yield started
