@@ -44,9 +44,12 @@ def cluster_node_port() -> int:
 
 
 class PrivateCluster:
-    def __init__(self, directory: Path, *, node_timeout_ms: int = 2000) -> None:
+    def __init__(
+        self, directory: Path, *, node_timeout_ms: int = 2000, durable: bool = False
+    ) -> None:
         self.directory = directory
         self.node_timeout_ms = node_timeout_ms
+        self.durable = durable
         self.nodes: list[PrivateRedis] = []
         self.replicas: list[PrivateRedis] = []
 
@@ -70,7 +73,8 @@ class PrivateCluster:
                 "--cluster-enabled", "yes",
                 "--cluster-config-file", str(directory / "nodes.conf"),
                 "--cluster-node-timeout", str(self.node_timeout_ms),
-                "--appendonly", "no",
+                "--appendonly", "yes" if self.durable else "no",
+                "--appendfsync", "always",
                 # A new replica syncs at once, not after the default 5 s wait for others.
                 "--repl-diskless-sync-delay", "0",
             ],
@@ -112,6 +116,16 @@ class PrivateCluster:
             time.sleep(0.05)
         self._wait_until_ok()
         return replica
+
+    def restart(self, down_for: float = 0.0) -> None:
+        """Kill every node (SIGKILL) and start them again on the same ports and files."""
+        everyone = [*self.nodes, *self.replicas]
+        for node in everyone:
+            node.kill()
+        time.sleep(down_for)
+        for node in everyone:
+            node.start()
+        self._wait_until_ok()
 
     def _wait_until_ok(self) -> None:
         """Every node agrees the cluster is up and knows every node (gossip is async)."""

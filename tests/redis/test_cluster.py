@@ -297,7 +297,7 @@ def _retrying(fn: Callable[[], T], seconds: float = 30.0) -> T:
         except (
             redis.exceptions.ConnectionError,
             redis.exceptions.ClusterDownError,
-            redis.exceptions.SlotNotCoveredError,
+            redis.exceptions.RedisClusterException,
         ):
             if time.monotonic() > deadline:
                 raise
@@ -339,6 +339,38 @@ def test_a_worker_carries_on_after_a_failover(tmp_path: Path) -> None:
             assert _retrying(lambda: [h.wait(timeout=30) for h in after]) == list(range(10))
             assert _retrying(lambda: waiting.wait(timeout=30)) == 99
             assert owner_port(cluster, prefix, via=replica.port) == replica.port
+            assert thread.is_alive()
+        finally:
+            worker.stop()
+            thread.join(20)
+            app.close()
+        assert not thread.is_alive()
+    finally:
+        cluster.stop()
+
+
+def test_a_worker_survives_a_restart_of_the_whole_cluster(tmp_path: Path) -> None:
+    require_cluster_tools()
+    cluster = PrivateCluster(tmp_path, durable=True)
+    try:
+        cluster.start()
+        app = conveyor.App(cluster.store_url())
+
+        @app.task(name="noop")
+        def noop(n: int) -> int:
+            return n
+
+        worker = conveyor.Worker(app, concurrency=4, handle_signals=False)
+        thread = threading.Thread(target=worker.run, daemon=True)
+        thread.start()
+        try:
+            before = [noop.enqueue(i) for i in range(10)]
+            assert [h.wait(timeout=20) for h in before] == list(range(10))
+            waiting = noop.options(delay=1.0).enqueue(99)
+            cluster.restart(down_for=1.0)  # every node down at once, back with its AOF
+            after = _retrying(lambda: [noop.enqueue(i) for i in range(10)])
+            assert _retrying(lambda: [h.wait(timeout=30) for h in after]) == list(range(10))
+            assert _retrying(lambda: waiting.wait(timeout=30)) == 99
             assert thread.is_alive()
         finally:
             worker.stop()

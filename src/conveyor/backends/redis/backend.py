@@ -78,9 +78,11 @@ class RedisBackend(Backend):
         rexc.TimeoutError,
         rexc.ReadOnlyError,  # a replica promoted or demoted under us
         rexc.TryAgainError,
-        # Redis Cluster: a failover in progress, or slots not (yet) served by any node.
-        rexc.ClusterDownError,  # includes MasterDownError
-        rexc.SlotNotCoveredError,
+        # Redis Cluster: a failover in progress (ClusterDownError, MasterDownError), or
+        # the client cannot learn the slot map ("Redis Cluster cannot be connected" when
+        # every node is down, SlotNotCoveredError): all pass once the cluster is back.
+        rexc.ClusterDownError,
+        rexc.RedisClusterException,
         ConnectionError,
         TimeoutError,
     )
