@@ -25,6 +25,7 @@ from conveyor.retry import Backoff
 from conveyor.sandbox import Sandbox
 from conveyor.serialize import DEFAULT_MAX_PAYLOAD, encode_arguments
 from conveyor.task import EnqueueOptions, Signature, Task
+from conveyor.workflow import check_after, check_unique_for, check_user_args
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -277,14 +278,16 @@ class App:
             tenant = _check_name(tenant, "tenant") if tenant != "" else None
         if opt.key is not None:
             _check_name(opt.key, "key", max_len=1000)
+        unique_for = check_unique_for(opt.unique_for, opt.key)
+        after, after_policy = check_after(opt.after, opt.after_policy)
         timeout = _first(opt.timeout, task and task.timeout, d.timeout)
         if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
             raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
-        args_json, kwargs_json = encode_arguments(
-            sig.args, dict(sig.kwargs), max_payload=d.max_payload
-        )
+        check_user_args(sig.args)
+        args = sig.args if sig.inputs is None else (dict(sig.inputs), *sig.args)
+        args_json, kwargs_json = encode_arguments(args, dict(sig.kwargs), max_payload=d.max_payload)
         return NewJob(
-            id=new_job_id(),
+            id=sig.job_id or new_job_id(),
             task=sig.task,
             queue=_check_name(_first(opt.queue, task and task.queue, d.queue), "queue"),
             tenant=tenant,
@@ -297,6 +300,9 @@ class App:
             timeout=timeout,
             result_ttl=_first(opt.result_ttl, task and task.result_ttl, d.result_ttl),
             key=opt.key,
+            unique_for=unique_for,
+            after=after,
+            after_policy=after_policy,
         )
 
     # -- operators ---------------------------------------------------------------------

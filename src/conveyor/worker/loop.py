@@ -310,7 +310,12 @@ class Worker:
             )
         assert self._executor is not None
         coro = run_attempt(
-            task, job, attempt.ctx, self._executor, functools.partial(self._mark_stuck, attempt)
+            task,
+            job,
+            attempt.ctx,
+            self._executor,
+            functools.partial(self._mark_stuck, attempt),
+            self._backend,
         )
         attempt.task = asyncio.create_task(coro, name=f"conveyor-job-{job.id}")
         attempt.task.add_done_callback(functools.partial(self._finished, attempt))

@@ -11,13 +11,14 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any
 
-from conveyor.backends.base import ClaimedJob, Outcome, OutcomeKind
+from conveyor.backends.base import Backend, ClaimedJob, Outcome, OutcomeKind
 from conveyor.context import JobContext, _current
 from conveyor.retry import Fail, Retry
 from conveyor.sandbox import SANDBOX_LIMIT_ERROR
 from conveyor.serialize import dumps, loads
 from conveyor.task import Task
 from conveyor.worker.sandbox import SandboxEnd, run_in_sandbox
+from conveyor.workflow import MissingResult, is_marker, resolve_inputs
 
 
 class _TimedOut(Exception):
@@ -83,6 +84,7 @@ async def run_attempt(
     ctx: JobContext | None,
     executor: Executor,
     on_stuck: Callable[[], None],
+    backend: Backend | None = None,
 ) -> Outcome:
     """Run the job's task once; every way it can end becomes an Outcome.
 
@@ -100,6 +102,14 @@ async def run_attempt(
         return dead(job, "InvalidPayload", f"stored arguments are not valid JSON: {exc}")
     if not isinstance(args, list) or not isinstance(kwargs, dict):
         return dead(job, "InvalidPayload", "stored arguments must be a JSON list and object")
+    if backend is not None and args and is_marker(args[0]):
+        # A chain step or merge job: its first argument names the results it gets.
+        try:
+            args, kwargs = await resolve_inputs(backend, args, kwargs)
+        except MissingResult as exc:
+            return dead(job, "MissingResult", str(exc))
+        except Exception as exc:  # the store is briefly unreachable: try again later
+            return failed(job, task, _exc_type(exc), f"reading dependency results: {exc}")
     if task.sandbox is not None:
         end = await run_in_sandbox(task, ctx, args, kwargs, job.timeout)
         return _sandbox_outcome(job, task, end)

@@ -89,6 +89,16 @@ class Queries:
     reschedule_aging: str
     job_counts: str
     tenant_settings: str
+    # workflow.sql
+    dependency_state: str
+    insert_dependency: str
+    add_dependent: str
+    set_pending: str
+    release_blocked: str
+    cancel_blocked: str
+    key_window_holder: str
+    reserve_key_window: str
+    purge_key_windows: str
 
     @classmethod
     def load(cls) -> Queries:
