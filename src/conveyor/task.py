@@ -140,7 +140,9 @@ class BoundTask(Generic[P, R]):
         return BoundTask(self.task, self._options.merged(**options))
 
     def s(self, *args: P.args, **kwargs: P.kwargs) -> Signature:
-        return Signature(self.task.name, tuple(args), dict(kwargs), self._options, app=self.task.app)
+        return Signature(
+            self.task.name, tuple(args), dict(kwargs), self._options, app=self.task.app
+        )
 
     def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle:
         return self.task.app._enqueue_signature(self.s(*args, **kwargs))

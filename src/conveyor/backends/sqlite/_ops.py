@@ -17,9 +17,7 @@ from conveyor.job import Job, JobState
 
 #: Aging moves a job one level per pass; 10 passes cover priorities 9 -> 0.
 _MAX_AGING_PASSES = 10
-_WAITING = frozenset(
-    {JobState.SCHEDULED, JobState.QUEUED, JobState.RETRYING, JobState.BLOCKED}
-)
+_WAITING = frozenset({JobState.SCHEDULED, JobState.QUEUED, JobState.RETRYING, JobState.BLOCKED})
 _REPLAYABLE = frozenset({JobState.DEAD, JobState.CANCELLED})
 WORKER_LOST = "worker lost (lease expired)"
 

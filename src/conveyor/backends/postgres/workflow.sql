@@ -1,0 +1,21 @@
+-- Workflow statements: dependencies (after=) and dedup windows (unique_for=). Run on
+-- the backend's pool (search_path = the store's schema), inside the enqueue's
+-- transaction. See conveyor_link, conveyor_settle and conveyor_reserve_key in
+-- schema.sql; parameters as in queries.sql.
+
+
+-- name: link
+SELECT conveyor_link(%(ids)s::text[], %(deps)s::text[], %(policies)s::text[], %(now)s::float8);
+
+
+-- name: reserve_key
+SELECT conveyor_reserve_key(%(key)s, %(id)s, %(ttl)s::float8, %(now)s::float8);
+
+
+-- name: unreserve_key
+-- A job that reserved a window but was not inserted (an active job held its key).
+DELETE FROM key_windows WHERE key = %(key)s AND id = %(id)s;
+
+
+-- name: purge_key_windows
+DELETE FROM key_windows WHERE expires_at <= conveyor_now(%(now)s);
