@@ -34,6 +34,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from conveyor.backends.base import (
+    DependencyNotFound,
     Backend,
     Capabilities,
     ClaimedJob,
@@ -174,6 +175,9 @@ class RedisBackend(Backend):
                 job.key or "",
                 _num(job.delay) if job.delay else "",
                 _num(job.run_at),
+                json.dumps(list(job.after)) if job.after else "",
+                job.after_policy,
+                _num(job.unique_for),
             )
             for job in jobs
         ]
@@ -183,7 +187,13 @@ class RedisBackend(Backend):
             json.dumps([(name, self.keys.queue(name)) for name in queues]),
             json.dumps(rows, ensure_ascii=False),
         ]
-        ids: list[str] = await self._s.enqueue(keys=[self.keys.route], args=args)
+        try:
+            ids: list[str] = await self._s.enqueue(keys=[self.keys.route], args=args)
+        except rexc.ResponseError as exc:
+            missing = str(exc).partition("DependencyNotFound ")[2]
+            if missing:
+                raise DependencyNotFound(missing.strip()) from None
+            raise
         if self._wake is not None:
             self._wake.flag.set()  # our own listener may not be subscribed to these queues
         return ids
