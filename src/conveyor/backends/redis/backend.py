@@ -34,11 +34,11 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from conveyor.backends.base import (
-    DependencyNotFound,
     Backend,
     Capabilities,
     ClaimedJob,
     Clock,
+    DependencyNotFound,
     HeartbeatReply,
     Lease,
     NewJob,
