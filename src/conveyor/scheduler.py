@@ -164,15 +164,10 @@ def periodic_decorator(
     def register(fn: Callable[..., Any]) -> Any:
         from conveyor.task import Task
 
-        if isinstance(fn, Task):
-            task = fn
-        elif name is not None:
-            task = app.task(name=name)(fn)
-        else:
-            task = app.task(fn)
-        schedule = Schedule(
-            name=name or task.name,
-            task=task.name,
+        task_name = fn.name if isinstance(fn, Task) else name or _default_name(fn)
+        schedule = Schedule(  # validated before anything is registered
+            name=name or task_name,
+            task=task_name,
             cron=cron,
             every=every,
             tz=tz,
@@ -181,10 +176,15 @@ def periodic_decorator(
             missed=missed,
             options=dict(options),
         )
+        task = fn if isinstance(fn, Task) else app.task(name=task_name)(fn)
         app.add_schedule(schedule)
         return task
 
     return register
+
+
+def _default_name(fn: Callable[..., Any]) -> str:
+    return f"{fn.__module__}.{fn.__qualname__}"
 
 
 def describe(app: App, now: float | None = None) -> list[tuple[Schedule, datetime]]:
