@@ -218,8 +218,11 @@ async def test_periodic_ticks_are_enqueued_once_by_many_schedulers(
         assert len(seen) == len(jobs)  # one job per tick
         ten = sorted(j.key or "" for j in jobs if j.task == "tensec")
         start = int(clock.now) - 30 * 7
-        expected = {tick_key(app.schedules["tensec"], t) for t in range(start, int(clock.now), 1)
-                    if t % 10 == 0 and t > start - start % 10 - 1}
+        expected = {
+            tick_key(app.schedules["tensec"], t)
+            for t in range(start, int(clock.now), 1)
+            if t % 10 == 0 and t > start - start % 10 - 1
+        }
         assert set(ten) == expected
         assert sum(j.task.endswith("minutely") for j in jobs) == 4  # the due one + 3 more
     finally:
