@@ -12,23 +12,22 @@ import atexit
 import math
 import weakref
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, ParamSpec, TypeVar, overload
 
-from conveyor import batch as _batch
 from conveyor.backends import create_backend
 from conveyor.backends.base import Backend, Clock, NewJob, QueueStats
-from conveyor.batch import Batch
 from conveyor.config import Defaults, parse_url, resolve_url
 from conveyor.handle import JobHandle
 from conveyor.job import Job, JobState, new_job_id, to_timestamp
 from conveyor.portal import Portal
 from conveyor.retry import Backoff
 from conveyor.sandbox import Sandbox
-from conveyor.scheduler import Schedule, periodic_decorator
+from conveyor.scheduler import Schedule
 from conveyor.serialize import DEFAULT_MAX_PAYLOAD, encode_arguments
 from conveyor.task import EnqueueOptions, Signature, Task
 from conveyor.workflow import check_after, check_unique_for, check_user_args
+from conveyor.workflow_app import WorkflowMixin
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -36,7 +35,7 @@ R = TypeVar("R")
 _MAX_NAME = 200
 
 
-class App:
+class App(WorkflowMixin):
     """One Conveyor application: a storage URL and the tasks that run against it."""
 
     def __init__(
@@ -146,44 +145,6 @@ class App:
             return task
 
         return register(fn) if fn is not None else register
-
-    def periodic(
-        self,
-        cron: str | None = None,
-        *,
-        every: timedelta | None = None,
-        tz: str = "UTC",
-        name: str | None = None,
-        args: Iterable[Any] = (),
-        kwargs: Mapping[str, Any] | None = None,
-        missed: str = "once",
-        **options: Any,
-    ) -> Callable[[Callable[..., Any]], Any]:
-        """Register a task that workers enqueue on a schedule: a cron expression (five
-        fields, or six with seconds first) in time zone ``tz``, or ``every=timedelta``.
-        Each tick is enqueued exactly once however many workers run; ``missed`` says what
-        happens to ticks missed while no worker ran: ``"once"`` (the latest runs once)
-        or ``"skip"``. Other options (``queue priority tenant ...``) apply to each job."""
-        reserved = {"key", "unique_for", "after", "after_policy", "connection"} & set(options)
-        if reserved:
-            raise ValueError(f"periodic jobs set {sorted(reserved)} themselves")
-        EnqueueOptions().merged(**options)  # unknown option names fail here
-        return periodic_decorator(
-            self,
-            cron,
-            every=every,
-            tz=tz,
-            name=name,
-            args=tuple(args),
-            kwargs=kwargs,
-            missed=missed,
-            options=options,
-        )
-
-    def add_schedule(self, schedule: Schedule) -> None:
-        if schedule.name in self.schedules and self.schedules[schedule.name] != schedule:
-            raise ValueError(f"a periodic job named {schedule.name!r} is already registered")
-        self.schedules[schedule.name] = schedule
 
     def task_caps(self) -> dict[str, int]:
         """Per-task concurrency caps, for the claim."""
@@ -347,66 +308,6 @@ class App:
             after=after,
             after_policy=after_policy,
         )
-
-    # -- workflows (see conveyor.batch and conveyor.workflow) ---------------------------
-    def map(
-        self,
-        task: Any,
-        items: Iterable[Any],
-        *,
-        chunk_size: int = 1,
-        then: Any = None,
-        allow_failures: bool = False,
-        **options: Any,
-    ) -> Batch:
-        """One job of ``task(chunk)`` per ``chunk_size`` items, and optionally a merge job
-        ``then(results)`` that runs once, after all of them, with their results in input
-        order. Options (``tenant``, ``priority``, ``queue``, ...) apply to the chunk jobs;
-        ``tenant`` and ``priority`` to the merge job too. Enqueued atomically."""
-        chunks = _batch.chunk_signatures(task, items, chunk_size, options)
-        return self.group(chunks, then=then, allow_failures=allow_failures, **options)
-
-    async def map_async(
-        self,
-        task: Any,
-        items: Iterable[Any],
-        *,
-        chunk_size: int = 1,
-        then: Any = None,
-        allow_failures: bool = False,
-        **options: Any,
-    ) -> Batch:
-        chunks = _batch.chunk_signatures(task, items, chunk_size, options)
-        return await self.group_async(chunks, then=then, allow_failures=allow_failures, **options)
-
-    def group(
-        self,
-        calls: Iterable[Signature],
-        *,
-        then: Any = None,
-        allow_failures: bool = False,
-        **options: Any,
-    ) -> Batch:
-        """Different jobs (``task.s(...)``) in parallel, with an optional merge job."""
-        planned, has_merge = _batch.plan(list(calls), then, allow_failures, options)
-        handles = self.enqueue_many(planned)
-        return _batch.batch_from(self, handles, has_merge, allow_failures)
-
-    async def group_async(
-        self,
-        calls: Iterable[Signature],
-        *,
-        then: Any = None,
-        allow_failures: bool = False,
-        **options: Any,
-    ) -> Batch:
-        planned, has_merge = _batch.plan(list(calls), then, allow_failures, options)
-        handles = await self.enqueue_many_async(planned)
-        return _batch.batch_from(self, handles, has_merge, allow_failures)
-
-    def batch(self, batch_id: str) -> Batch:
-        """The batch whose merge job has this id (a batch's ``id``)."""
-        return self._portal.call(_batch.find_batch(self, batch_id))
 
     # -- operators ---------------------------------------------------------------------
     def job(self, job_id: str) -> JobHandle:
