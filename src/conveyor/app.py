@@ -21,6 +21,7 @@ from conveyor.config import Defaults, parse_url, resolve_url
 from conveyor.handle import JobHandle
 from conveyor.job import Job, JobState, new_job_id, to_timestamp
 from conveyor.portal import Portal
+from conveyor.ratelimit import RateLimit
 from conveyor.retry import Backoff
 from conveyor.sandbox import Sandbox
 from conveyor.scheduler import Schedule
@@ -65,6 +66,8 @@ class App(WorkflowMixin):
         self.tasks: dict[str, Task[Any, Any]] = {}
         #: Periodic jobs by name (``@app.periodic``), enqueued by the workers.
         self.schedules: dict[str, Schedule] = {}
+        #: Per-tenant rate limits (``tenant_rate_limit``); ``"*"``: each other tenant.
+        self.tenant_rates: dict[str | None, RateLimit] = {}
         self._clock = clock
         self._portal = Portal()
         self._tx: Backend | None = None
@@ -100,6 +103,7 @@ class App(WorkflowMixin):
         concurrency: int | None = None,
         result_ttl: float | None = None,
         sandbox: Sandbox | None = None,
+        rate_limit: Any = None,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(
@@ -116,6 +120,7 @@ class App(WorkflowMixin):
         concurrency: int | None = None,
         result_ttl: float | None = None,
         sandbox: Sandbox | None = None,
+        rate_limit: Any = None,
     ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
         """Register a task, bare (``@app.task``) or with options (``@app.task(...)``)."""
         if priority is not None:
@@ -140,11 +145,24 @@ class App(WorkflowMixin):
                 concurrency=concurrency,
                 result_ttl=result_ttl,
                 sandbox=sandbox,
+                rate_limit=rate_limit,
             )
             self.tasks[task_name] = task
             return task
 
         return register(fn) if fn is not None else register
+
+    def tenant_rate_limit(self, tenant: str | None, rate: Any) -> None:
+        """At most N job starts per period for ``tenant`` (``None``: the default tenant;
+        ``"*"``: every tenant without its own limit, each separately), across every
+        worker of the store. ``rate`` is ``"100/m"``, ``(100, 60.0)`` or None to remove
+        it. Enforced by workers that run this app: configure it where the tasks are."""
+        if tenant is not None:
+            _check_name(tenant, "tenant")
+        if rate is None:
+            self.tenant_rates.pop(tenant, None)
+        else:
+            self.tenant_rates[tenant] = RateLimit.parse(rate)
 
     def task_caps(self) -> dict[str, int]:
         """Per-task concurrency caps, for the claim."""

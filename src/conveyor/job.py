@@ -56,6 +56,7 @@ TRANSITIONS: frozenset[tuple[JobState, JobState]] = frozenset(
         (JobState.BLOCKED, JobState.QUEUED),  # its last dependency finished
         (JobState.BLOCKED, JobState.SCHEDULED),  # ... and its own delay is still ahead
         (JobState.BLOCKED, JobState.CANCELLED),  # a dependency failed, or cancel
+        (JobState.RUNNING, JobState.SCHEDULED),  # over its rate limit: waits for its slot
     }
 )
 

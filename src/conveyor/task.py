@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
+from conveyor.ratelimit import RateLimit
 from conveyor.retry import Backoff
 from conveyor.sandbox import Sandbox
 
@@ -85,6 +86,7 @@ class Task(Generic[P, R]):
         concurrency: int | None,
         result_ttl: float | None,
         sandbox: Sandbox | None = None,
+        rate_limit: Any = None,
     ) -> None:
         if sandbox is not None and not isinstance(sandbox, Sandbox):
             raise TypeError(f"task {name!r}: sandbox must be a conveyor.Sandbox")
@@ -104,6 +106,8 @@ class Task(Generic[P, R]):
         self.result_ttl = result_ttl
         #: Run each attempt in a limited child process (``conveyor.Sandbox``).
         self.sandbox = sandbox
+        #: At most N starts per period, across every worker (``"10/s"``, ``(10, 1.0)``).
+        self.rate_limit = None if rate_limit is None else RateLimit.parse(rate_limit)
         self.is_async = inspect.iscoroutinefunction(fn)
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn

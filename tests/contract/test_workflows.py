@@ -263,3 +263,43 @@ def test_periodic_validates_its_schedule(app: conveyor.App) -> None:
         app.periodic("* * * * *", every=timedelta(minutes=1))(lambda: None)
     with pytest.raises(ValueError, match="themselves"):
         app.periodic("* * * * *", key="k")
+
+
+def test_task_and_tenant_rate_limits_defer_jobs_to_their_slot(
+    store_url: str, clock: FakeClock
+) -> None:
+    app = conveyor.App(store_url, clock=clock)
+    try:
+
+        @app.task(name="limited", rate_limit="2/10s")
+        def limited(n: int) -> int:
+            return n
+
+        @app.task(name="free")
+        def free(n: int) -> int:
+            return n
+
+        app.tenant_rate_limit("slow-org", (1, 60.0))
+        handles = [limited.enqueue(i) for i in range(5)]
+        tenant_jobs = [free.options(tenant="slow-org").enqueue(i) for i in range(2)]
+        others = [free.options(tenant="fast-org").enqueue(i) for i in range(3)]
+        run(app)
+
+        def states(hs: list[conveyor.JobHandle]) -> list[str]:
+            return sorted(h.info().state.value for h in hs)
+
+        assert states(handles) == ["scheduled"] * 3 + ["succeeded"] * 2
+        assert all(h.info().attempt == 0 for h in handles if h.info().state.value == "scheduled")
+        assert states(tenant_jobs) == ["scheduled", "succeeded"]
+        assert states(others) == ["succeeded"] * 3
+        clock.advance(5)  # one more start of "limited" every 5 s
+        run(app)
+        assert states(handles) == ["scheduled"] * 2 + ["succeeded"] * 3
+        clock.advance(60)
+        run(app)
+        assert states(handles) == ["succeeded"] * 5
+        assert states(tenant_jobs) == ["succeeded"] * 2
+        with pytest.raises(ValueError, match="N/unit"):
+            app.task(name="bad", rate_limit="fast")(lambda: None)
+    finally:
+        app.close()

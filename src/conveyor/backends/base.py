@@ -107,6 +107,16 @@ class Lease:
     token: str
 
 
+@dataclass(frozen=True, slots=True)
+class RateBucket:
+    """A rate limit's shared state in the store: at most ``limit`` starts per ``period``
+    seconds (bursts of up to ``limit``), for every job that names ``name``."""
+
+    name: str
+    limit: int
+    period: float
+
+
 class OutcomeKind(StrEnum):
     SUCCEEDED = "succeeded"  # -> succeeded, result stored, expires after result_ttl
     # -> retrying until now + retry_delay (queued at once if delay <= 0); a job with no
@@ -244,6 +254,22 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def progress(self, lease: Lease, fraction: float | None, message: str | None) -> bool:
         """Record progress of a running job; False if the lease no longer holds."""
+
+    async def take_rate(self, lease: Lease, buckets: Sequence[RateBucket]) -> float:
+        """Take one start from every bucket for the running job ``lease``, atomically.
+
+        Returns 0.0: the job may run now. Otherwise the store has already reserved the
+        job's slot in every bucket (the slots of later callers come after it) and moved
+        the job back to ``scheduled`` until that slot, attempt given back (``cancelled``
+        instead if a cancel was requested); the caller drops the attempt. When the job
+        is claimed again, its reservations are used and it runs. Returns the seconds
+        until the slot. A lease that no longer holds returns 0.0 and changes nothing
+        (the worker's outcome will be rejected as usual).
+
+        Rate state follows the generic cell rate algorithm: per bucket one
+        "theoretical arrival time"; a start costs ``period / limit`` seconds of it.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no rate limits")
 
     @abc.abstractmethod
     async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:

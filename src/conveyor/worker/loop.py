@@ -57,7 +57,7 @@ class _Attempt:
     job: ClaimedJob
     ctx: JobContext | None
     renewed_at: float  # monotonic time of the last lease grant or renewal
-    task: asyncio.Task[Outcome] | None = None
+    task: asyncio.Task[Outcome | None] | None = None
     stop_reason: StopReason | None = None
     stuck: bool = False
     progress: tuple[float | None, str | None] | None = field(default=None)

@@ -92,6 +92,7 @@ class Queries:
     reserve_key: str
     unreserve_key: str
     purge_key_windows: str
+    take_rate: str
 
     @classmethod
     def load(cls, schema_name: str) -> Queries:

@@ -47,6 +47,7 @@ from conveyor.backends.base import (
     NewJob,
     Outcome,
     QueueStats,
+    RateBucket,
 )
 from conveyor.backends.postgres import _sql, _url
 from conveyor.backends.postgres._listen import Listener, Mark, Snapshot
@@ -382,6 +383,20 @@ class PostgresBackend(Backend):
         rows = await self._rows(self._q.finish, params)
         applied = {(job_id, token) for job_id, token in rows}
         return [(o.id, o.lease_token) in applied for o in outcomes]
+
+    async def take_rate(self, lease: Lease, buckets: Sequence[RateBucket]) -> float:
+        if not buckets:
+            return 0.0
+        params = {
+            "id": lease.id,
+            "token": lease.token,
+            "names": [b.name for b in buckets],
+            "limits": [b.limit for b in buckets],
+            "periods": [float(b.period) for b in buckets],
+            "now": self._now(),
+        }
+        rows = await self._rows(self._q.take_rate, params)
+        return float(rows[0][0])
 
     async def progress(self, lease: Lease, fraction: float | None, message: str | None) -> bool:
         params = {"id": lease.id, "token": lease.token, "fraction": fraction, "message": message}

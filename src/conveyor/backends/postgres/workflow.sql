@@ -19,3 +19,8 @@ DELETE FROM key_windows WHERE key = %(key)s AND id = %(id)s;
 
 -- name: purge_key_windows
 DELETE FROM key_windows WHERE expires_at <= conveyor_now(%(now)s);
+
+
+-- name: take_rate
+SELECT conveyor_take_rate(%(id)s, %(token)s, %(names)s::text[], %(limits)s::integer[],
+                          %(periods)s::float8[], %(now)s::float8);

@@ -39,6 +39,7 @@ class Scripts:
     stats: AsyncScript
     query: AsyncScript
     probe: AsyncScript
+    rate: AsyncScript
 
     @classmethod
     def register(cls, client: Any) -> Scripts:

@@ -44,6 +44,7 @@ from conveyor.backends.base import (
     NewJob,
     Outcome,
     QueueStats,
+    RateBucket,
 )
 from conveyor.backends.redis._records import (
     STATES,
@@ -261,6 +262,15 @@ class RedisBackend(Backend):
             )
         reply: list[int] = await self._s.finish(keys=[self.keys.route], args=args)
         return [bool(x) for x in reply]
+
+    async def take_rate(self, lease: Lease, buckets: Sequence[RateBucket]) -> float:
+        if not buckets:
+            return 0.0
+        args: list[str] = [self._now_arg(), self.keys.store, lease.id, lease.token]
+        for b in buckets:
+            args += [b.name, str(b.limit), _num(b.period)]
+        reply = await self._s.rate(keys=[self.keys.route], args=args)
+        return float(reply)
 
     async def progress(self, lease: Lease, fraction: float | None, message: str | None) -> bool:
         args = [

@@ -99,6 +99,13 @@ class Queries:
     key_window_holder: str
     reserve_key_window: str
     purge_key_windows: str
+    holds_lease: str
+    rate_tat: str
+    set_rate_tat: str
+    take_reservation: str
+    reserve_rate: str
+    forget_old_reservations: str
+    defer_running: str
 
     @classmethod
     def load(cls) -> Queries:

@@ -16,7 +16,9 @@ from typing import Any
 from conveyor.backends.base import (
     DEPENDENCY_FAILED,
     DependencyNotFound,
+    Lease,
     NewJob,
+    RateBucket,
     dependency_failed_message,
     job_error_json,
 )
@@ -76,3 +78,35 @@ def _link(conn: sqlite3.Connection, now: float, q: Queries, job: NewJob) -> None
         conn.execute(q.release_blocked, params)
     else:
         conn.execute(q.set_pending, {**params, "pending": pending})
+
+
+#: Reservations older than this belong to jobs that never came back for their slot.
+RESERVATION_MAX_AGE = 86400.0
+
+
+def take_rate(
+    conn: sqlite3.Connection, now: float, q: Queries, lease: Lease, buckets: Sequence[RateBucket]
+) -> float:
+    """``Backend.take_rate`` inside one transaction (see its contract)."""
+    fenced = {"id": lease.id, "token": lease.token}
+    if conn.execute(q.holds_lease, fenced).fetchone() is None:
+        return 0.0
+    start = now
+    fresh: list[tuple[RateBucket, float]] = []  # buckets this job pays now: new tat
+    for bucket in buckets:
+        if conn.execute(q.take_reservation, {"name": bucket.name, "id": lease.id}).fetchall():
+            continue  # paid when the job was deferred
+        row = conn.execute(q.rate_tat, {"name": bucket.name}).fetchone()
+        tat = max(now, row[0]) if row else now
+        new_tat = tat + bucket.period / bucket.limit
+        fresh.append((bucket, new_tat))
+        start = max(start, new_tat - bucket.period)
+    for bucket, new_tat in fresh:
+        conn.execute(q.set_rate_tat, {"name": bucket.name, "tat": new_tat})
+    if start <= now:
+        return 0.0
+    for bucket in buckets:  # every slot stays reserved until the job comes back
+        conn.execute(q.reserve_rate, {"name": bucket.name, "id": lease.id, "start": start})
+    conn.execute(q.forget_old_reservations, {"before": now - RESERVATION_MAX_AGE})
+    conn.execute(q.defer_running, {**fenced, "start": start, "now": now})
+    return start - now

@@ -40,6 +40,7 @@ from conveyor.backends.base import (
     Outcome,
     OutcomeKind,
     QueueStats,
+    RateBucket,
 )
 from conveyor.backends.sqlite import _connection, _ops, _sql, _workflow
 from conveyor.backends.sqlite._records import claimed_from_row
@@ -308,6 +309,13 @@ class SQLiteBackend(Backend):
             sql = getattr(self._q, _FINISH_SQL[out.kind])
             applied.append(conn.execute(sql, params).rowcount == 1)
         return applied
+
+    async def take_rate(self, lease: Lease, buckets: Sequence[RateBucket]) -> float:
+        if not buckets:
+            return 0.0
+        return await self._write(
+            lambda conn, now: _workflow.take_rate(conn, now, self._q, lease, buckets)
+        )
 
     async def progress(self, lease: Lease, fraction: float | None, message: str | None) -> bool:
         params = {"id": lease.id, "token": lease.token, "fraction": fraction, "message": message}

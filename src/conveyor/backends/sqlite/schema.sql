@@ -11,6 +11,8 @@
 --   locks         named leases for singleton loops (reaper, promoter, scheduler)
 --   job_deps      dependency edges (parent must finish before child) of blocked jobs
 --   key_windows   dedup keys reserved for a unique_for= window, whatever the job's state
+--   rate_buckets  rate limits' state: the theoretical arrival time (tat) of each bucket
+--   rate_reservations  slots reserved by jobs deferred until their turn
 --
 -- Parameters: none. SQLiteBackend.open() runs this file inside one BEGIN IMMEDIATE
 -- transaction; every statement is IF NOT EXISTS, so processes that open a fresh file at
@@ -130,6 +132,19 @@ CREATE TABLE IF NOT EXISTS key_windows (
     expires_at  REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS key_windows_expiry ON key_windows (expires_at);
+
+CREATE TABLE IF NOT EXISTS rate_buckets (
+    name  TEXT PRIMARY KEY,
+    tat   REAL NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS rate_reservations (
+    name    TEXT NOT NULL,
+    job_id  TEXT NOT NULL,
+    start   REAL NOT NULL,
+    PRIMARY KEY (name, job_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS rate_reservations_start ON rate_reservations (start);
 
 CREATE TABLE IF NOT EXISTS locks (
     name        TEXT PRIMARY KEY,

@@ -1,4 +1,4 @@
--- Workflow statements: dependencies (after=) and dedup windows (unique_for=).
+-- Workflow statements: dependencies (after=), dedup windows (unique_for=), rate limits.
 --
 -- Tables: jobs (dependency columns pending, dependents, after_policy), job_deps (edges
 -- parent -> child), key_windows (reserved dedup keys). A blocked job is released or
@@ -59,3 +59,46 @@ ON CONFLICT (key) DO UPDATE SET id = excluded.id, expires_at = excluded.expires_
 
 -- name: purge_key_windows
 DELETE FROM key_windows WHERE expires_at <= :now;
+
+
+-- name: holds_lease
+SELECT 1 FROM jobs WHERE id = :id AND lease_token = :token AND state = 'running';
+
+
+-- name: rate_tat
+SELECT tat FROM rate_buckets WHERE name = :name;
+
+
+-- name: set_rate_tat
+INSERT INTO rate_buckets (name, tat) VALUES (:name, :tat)
+ON CONFLICT (name) DO UPDATE SET tat = excluded.tat;
+
+
+-- name: take_reservation
+-- A row back: the job had reserved a slot in this bucket (now used).
+DELETE FROM rate_reservations WHERE name = :name AND job_id = :id RETURNING start;
+
+
+-- name: reserve_rate
+INSERT INTO rate_reservations (name, job_id, start) VALUES (:name, :id, :start)
+ON CONFLICT (name, job_id) DO UPDATE SET start = excluded.start;
+
+
+-- name: forget_old_reservations
+-- Reservations of jobs that never came back (cancelled while deferred).
+DELETE FROM rate_reservations WHERE start < :before;
+
+
+-- name: defer_running
+-- A running job over its rate limit waits for its reserved slot: scheduled until
+-- :start with its attempt given back (cancelled if a cancel was requested meanwhile).
+UPDATE jobs
+SET state = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'scheduled' END,
+    run_at = CASE WHEN cancel_requested THEN run_at ELSE :start END,
+    attempt = max(attempt - 1, 0),
+    priority = base_priority,
+    finished_at = CASE WHEN cancel_requested THEN :now ELSE finished_at END,
+    expires_at = CASE WHEN cancel_requested THEN :now + result_ttl ELSE expires_at END,
+    lease_token = NULL,
+    lease_expires_at = NULL
+WHERE id = :id AND lease_token = :token AND state = 'running'

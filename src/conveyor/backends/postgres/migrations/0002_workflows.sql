@@ -1,5 +1,6 @@
--- Migration 0002: workflows. The state 'blocked' and dependency edges (after=), and
--- dedup keys reserved for a window (unique_for=). See schema.sql for the whole picture.
+-- Migration 0002: workflows. The state 'blocked' and dependency edges (after=), dedup
+-- keys reserved for a window (unique_for=), and rate limits' state (take_rate). See
+-- schema.sql for the whole picture.
 
 ALTER TABLE jobs DROP CONSTRAINT jobs_state_check;
 ALTER TABLE jobs ADD CONSTRAINT jobs_state_check CHECK (state IN (
@@ -168,5 +169,79 @@ BEGIN
         SELECT w.id INTO v_holder FROM key_windows AS w WHERE w.key = p_key;
     END IF;
     RETURN v_holder;
+END
+$$;
+
+CREATE TABLE rate_buckets (
+    name  text COLLATE "C" PRIMARY KEY,
+    tat   double precision NOT NULL  -- theoretical arrival time (generic cell rate)
+);
+
+CREATE TABLE rate_reservations (
+    name    text COLLATE "C" NOT NULL,
+    job_id  text COLLATE "C" NOT NULL,
+    start   double precision NOT NULL,
+    PRIMARY KEY (name, job_id)
+);
+CREATE INDEX rate_reservations_start ON rate_reservations (start);
+
+-- Backend.take_rate: one start from every bucket (parallel arrays p_names, p_limits,
+-- p_periods) for the running job (p_id, p_token). Buckets are locked in name order, so
+-- concurrent callers queue instead of deadlocking. Returns 0 (run now) or the seconds
+-- until the job's reserved slot, having moved the job back to scheduled until then
+-- (attempt given back; cancelled instead if a cancel was requested).
+CREATE FUNCTION conveyor_take_rate(
+    p_id text, p_token text, p_names text[], p_limits integer[], p_periods double precision[],
+    p_now double precision
+) RETURNS double precision
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_now double precision := conveyor_now(p_now);
+    v_start double precision := conveyor_now(p_now);
+    v_tat double precision;
+    v_fresh text[] := '{}';
+    v_tats double precision[] := '{}';
+    v_i integer;
+BEGIN
+    PERFORM 1 FROM jobs AS j
+    WHERE j.id = p_id AND j.lease_token = p_token AND j.state = 'running' FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN 0;
+    END IF;
+    INSERT INTO rate_buckets AS b (name, tat)
+    SELECT n.name, v_now FROM unnest(p_names) AS n(name) ORDER BY 1
+    ON CONFLICT (name) DO NOTHING;
+    FOR v_i IN
+        SELECT o.i FROM unnest(p_names) WITH ORDINALITY AS o(name, i) ORDER BY o.name
+    LOOP
+        SELECT b.tat INTO v_tat FROM rate_buckets AS b WHERE b.name = p_names[v_i] FOR UPDATE;
+        DELETE FROM rate_reservations AS r WHERE r.name = p_names[v_i] AND r.job_id = p_id;
+        CONTINUE WHEN FOUND;  -- paid when the job was deferred
+        v_tat := greatest(v_tat, v_now) + p_periods[v_i] / p_limits[v_i];
+        v_fresh := v_fresh || p_names[v_i];
+        v_tats := v_tats || v_tat;
+        v_start := greatest(v_start, v_tat - p_periods[v_i]);
+    END LOOP;
+    UPDATE rate_buckets AS b SET tat = f.tat
+    FROM unnest(v_fresh, v_tats) AS f(name, tat) WHERE b.name = f.name;
+    IF v_start <= v_now THEN
+        RETURN 0;
+    END IF;
+    INSERT INTO rate_reservations AS r (name, job_id, start)
+    SELECT n.name, p_id, v_start FROM unnest(p_names) AS n(name)
+    ON CONFLICT (name, job_id) DO UPDATE SET start = excluded.start;
+    DELETE FROM rate_reservations AS r WHERE r.start < v_now - 86400;
+    UPDATE jobs AS j
+    SET state = CASE WHEN j.cancel_requested THEN 'cancelled' ELSE 'scheduled' END,
+        run_at = CASE WHEN j.cancel_requested THEN j.run_at ELSE v_start END,
+        attempt = greatest(j.attempt - 1, 0),
+        priority = j.base_priority,
+        finished_at = CASE WHEN j.cancel_requested THEN v_now ELSE j.finished_at END,
+        expires_at = CASE WHEN j.cancel_requested THEN v_now + j.result_ttl
+                          ELSE j.expires_at END,
+        lease_token = NULL,
+        lease_expires_at = NULL
+    WHERE j.id = p_id;
+    RETURN v_start - v_now;
 END
 $$;
