@@ -196,3 +196,15 @@ async def test_key_window_respects_an_active_holder(backend: Backend, make_job: 
     await backend.enqueue([active])
     windowed = make_job("t", key="k", unique_for=60.0)
     assert await backend.enqueue([windowed]) == [active.id]
+
+
+async def test_a_dependency_refused_for_its_key_in_the_same_call_is_not_found(
+    backend: Backend, make_job: MakeJob
+) -> None:
+    holder = make_job("h", key="k")
+    await backend.enqueue([holder])
+    refused = make_job("h", key="k")
+    child = make_job("c", after=(refused.id,))
+    with pytest.raises(DependencyNotFound):
+        await backend.enqueue([refused, child])
+    assert await backend.get(child.id) is None

@@ -46,18 +46,6 @@ for qi, q in ipairs(queues) do
     aging[qi] = aging_of(q[2])
 end
 
-local known = {}
-for _, job in ipairs(jobs) do
-    if job[14] and job[14] ~= '' then
-        for _, parent in ipairs(cjson.decode(job[14])) do
-            if not known[parent] and redis.call('EXISTS', jkey(G, parent)) == 0 then
-                return redis.error_reply('DependencyNotFound ' .. parent)
-            end
-        end
-    end
-    known[job[1]] = true
-end
-
 local function window_holder(key)
     local held = redis.call('GET', G .. 'kw:' .. key)
     if held then
@@ -69,12 +57,47 @@ local function window_holder(key)
     return nil
 end
 
+-- Dependencies are checked before anything is written (a script cannot roll back): each
+-- must exist in the store or be inserted earlier in this batch, not refused for its key.
+local function check_dependencies()
+    local known, batch_keys = {}, {}
+    for _, job in ipairs(jobs) do
+        if job[14] ~= '' then
+            for _, parent in ipairs(cjson.decode(job[14])) do
+                if not known[parent] and redis.call('EXISTS', jkey(G, parent)) == 0 then
+                    return parent
+                end
+            end
+        end
+        local key = job[11]
+        local refused = key ~= '' and (batch_keys[key] or redis.call('HEXISTS', G .. 'keys', key) == 1
+            or (job[16] ~= '' and window_holder(key)))
+        if not refused then
+            known[job[1]] = true
+        end
+        if key ~= '' then
+            batch_keys[key] = true
+        end
+    end
+    return nil
+end
+
+for _, job in ipairs(jobs) do
+    if job[14] ~= '' then -- only batches with dependencies pay for the check
+        local missing = check_dependencies()
+        if missing then
+            return redis.error_reply('DependencyNotFound ' .. missing)
+        end
+        break
+    end
+end
+
 local ids = {}
 local linked = {}
 for j, job in ipairs(jobs) do
     local id, task, qi, tenant, prio = job[1], job[2], job[3], job[4], job[5]
     local key, delay, run_at = job[11], job[12], job[13]
-    local after, unique_for = job[14] or '', job[16] or ''
+    local after, unique_for = job[14], job[16]
     local QP = queues[qi][2]
     local jk = jkey(G, id)
     local holder = nil
