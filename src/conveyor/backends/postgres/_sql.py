@@ -93,6 +93,7 @@ class Queries:
     unreserve_key: str
     purge_key_windows: str
     take_rate: str
+    get_jobs: str
 
     @classmethod
     def load(cls, schema_name: str) -> Queries:

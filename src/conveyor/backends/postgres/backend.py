@@ -472,6 +472,13 @@ class PostgresBackend(Backend):
         rows = await self._rows(self._q.get_job, {"id": job_id})
         return job_from_row(rows[0]) if rows else None
 
+    async def get_many(self, job_ids: Sequence[str]) -> list[Job | None]:
+        if not job_ids:
+            return []
+        rows = await self._rows(self._q.get_jobs, {"ids": list(job_ids)})
+        found = {job.id: job for job in map(job_from_row, rows)}
+        return [found.get(job_id) for job_id in job_ids]
+
     async def query(
         self,
         *,

@@ -24,3 +24,12 @@ DELETE FROM key_windows WHERE expires_at <= conveyor_now(%(now)s);
 -- name: take_rate
 SELECT conveyor_take_rate(%(id)s, %(token)s, %(names)s::text[], %(limits)s::integer[],
                           %(periods)s::float8[], %(now)s::float8);
+
+
+-- name: get_jobs
+-- %(ids)s -> those jobs, in get_job's column order (missing ids are left out).
+SELECT id, task, state, queue, tenant, priority, args_json, kwargs_json, attempt,
+       max_attempts, enqueued_at, run_at, started_at, finished_at, expires_at,
+       lease_expires_at, worker, progress, progress_message, result_json, errors::text,
+       key, timeout, cancel_requested
+FROM jobs WHERE id = ANY (%(ids)s::text[]);

@@ -343,6 +343,15 @@ class RedisBackend(Backend):
         fields = await self._client.hgetall(self.keys.job(job_id))
         return job_from_hash(fields) if fields else None
 
+    async def get_many(self, job_ids: Sequence[str]) -> list[Job | None]:
+        if not job_ids:
+            return []
+        async with self._client.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hgetall(self.keys.job(job_id))
+            replies = await pipe.execute()
+        return [job_from_hash(fields) if fields else None for fields in replies]
+
     async def query(
         self,
         *,

@@ -408,6 +408,10 @@ class SQLiteBackend(Backend):
     async def get(self, job_id: str) -> Job | None:
         return await self._read(lambda conn, now: _ops.get(conn, now, self._q, job_id))
 
+    async def get_many(self, job_ids: Sequence[str]) -> list[Job | None]:
+        ids = list(job_ids)
+        return await self._read(lambda conn, now: [_ops.get(conn, now, self._q, i) for i in ids])
+
     async def query(
         self,
         *,
