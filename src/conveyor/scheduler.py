@@ -128,7 +128,7 @@ class Scheduler:
         count = 0
         for schedule in list(self.app.schedules.values()):
             for tick in self._due(schedule, self._last, now):
-                await self._enqueue(schedule, tick)
+                await self._enqueue(backend, schedule, tick)
                 count += 1
         # Only once every tick is in: a pass that failed half-way is redone in full.
         self._last = now
@@ -141,10 +141,16 @@ class Scheduler:
             return []
         return [schedule.latest_until(now)]
 
-    async def _enqueue(self, schedule: Schedule, tick: float) -> None:
+    async def _enqueue(self, backend: Backend, schedule: Schedule, tick: float) -> None:
+        """Through the worker's own store connection (no second one for the app)."""
+        from conveyor.task import EnqueueOptions, Signature
+
         window = schedule.next_after(tick) - tick + KEY_GRACE
-        options = {**schedule.options, "key": tick_key(schedule, tick), "unique_for": window}
-        await self.app.enqueue_async(schedule.task, schedule.args, dict(schedule.kwargs), **options)
+        options = EnqueueOptions().merged(
+            **schedule.options, key=tick_key(schedule, tick), unique_for=window
+        )
+        sig = Signature(schedule.task, schedule.args, dict(schedule.kwargs), options)
+        await backend.enqueue([self.app._new_job(sig)])
 
 
 def periodic_decorator(
