@@ -528,6 +528,8 @@ DECLARE
 BEGIN
     WITH gone AS (DELETE FROM job_deps AS d WHERE d.parent = NEW.id RETURNING d.child)
     SELECT coalesce(array_agg(g.child ORDER BY g.child), '{}') INTO v_children FROM gone AS g;
+    -- Children locked in id order: two parents finishing at once never deadlock on them.
+    PERFORM 1 FROM jobs AS j WHERE j.id = ANY (v_children) ORDER BY j.id FOR UPDATE;
     IF NEW.state <> 'succeeded' THEN
         UPDATE jobs AS j
         SET state = 'cancelled', finished_at = v_now, expires_at = v_now + j.result_ttl,
