@@ -27,7 +27,7 @@ from cronsim import CronSim, CronSimError
 
 if TYPE_CHECKING:
     from conveyor.app import App
-    from conveyor.backends.base import Backend
+    from conveyor.backends.base import Backend, NewJob
 
 log = logging.getLogger("conveyor.scheduler")
 
@@ -124,6 +124,8 @@ class Scheduler:
     async def run_due(self, backend: Backend) -> int:
         """Enqueue the ticks due since the last pass; returns how many it enqueued
         (a tick enqueued before counts again; the store keeps one job per tick)."""
+        if not self.app.schedules:
+            return 0
         now = await backend.now()
         count = 0
         for schedule in list(self.app.schedules.values()):
@@ -143,6 +145,9 @@ class Scheduler:
 
     async def _enqueue(self, backend: Backend, schedule: Schedule, tick: float) -> None:
         """Through the worker's own store connection (no second one for the app)."""
+        await backend.enqueue([self.job_for(schedule, tick)])
+
+    def job_for(self, schedule: Schedule, tick: float) -> NewJob:
         from conveyor.task import EnqueueOptions, Signature
 
         window = schedule.next_after(tick) - tick + KEY_GRACE
@@ -150,7 +155,7 @@ class Scheduler:
             **schedule.options, key=tick_key(schedule, tick), unique_for=window
         )
         sig = Signature(schedule.task, schedule.args, dict(schedule.kwargs), options)
-        await backend.enqueue([self.app._new_job(sig)])
+        return self.app._new_job(sig)
 
 
 def periodic_decorator(
@@ -182,6 +187,8 @@ def periodic_decorator(
             missed=missed,
             options=dict(options),
         )
+        # A job of this schedule must be valid now, not fail in a worker at every tick.
+        Scheduler(app).job_for(schedule, 0.0)
         task = fn if isinstance(fn, Task) else app.task(name=task_name)(fn)
         app.add_schedule(schedule)
         return task

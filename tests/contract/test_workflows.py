@@ -263,6 +263,11 @@ def test_periodic_validates_its_schedule(app: conveyor.App) -> None:
         app.periodic("* * * * *", every=timedelta(minutes=1))(lambda: None)
     with pytest.raises(ValueError, match="themselves"):
         app.periodic("* * * * *", key="k")
+    with pytest.raises(ValueError, match="priority"):
+        app.periodic("* * * * *", name="urgent", priority=42)(lambda: None)
+    assert "urgent" not in app.schedules and "urgent" not in app.tasks
+    with pytest.raises(TypeError, match="JSON"):
+        app.periodic("* * * * *", name="odd", args=[object()])(lambda: None)
 
 
 def test_task_and_tenant_rate_limits_defer_jobs_to_their_slot(
