@@ -137,6 +137,12 @@ def test_a_tenant_sees_its_own_jobs_only(served: Running) -> None:
     assert client.get("/ui/jobs", params={"q": theirs}).status_code == 200
 
 
+def test_schedules_page_lists_periodic_jobs(served: Running) -> None:
+    page = login(served, served.admin).get("/ui/schedules").text
+    row = page.split("<tr><td>leap-day-report</td>")[1].split("</tr>")[0]
+    assert "0 3 29 2 *" in row and "skip" in row and "-02-29 03:00:00" in row
+
+
 def test_flash_messages_are_fixed_texts(served: Running) -> None:
     client = login(served, served.admin)
     page = client.get("/ui/", params={"done": "Your token expired, log in at evil.example"})

@@ -31,4 +31,10 @@ def make_app(url: str) -> conveyor.App:
             time.sleep(seconds / 10)
         return "done"
 
+    # Shown on the schedules page; due so rarely (and missed ticks skipped) that no
+    # test ever sees it run.
+    @app.periodic("0 3 29 2 *", missed="skip", name="leap-day-report")
+    def leap_day_report() -> str:
+        return "report"
+
     return app

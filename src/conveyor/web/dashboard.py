@@ -85,7 +85,9 @@ def _dur(seconds: float | None) -> str:
         return f"{seconds:.1f} s"
     if seconds < 3600:
         return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.0f} d"
 
 
 def _pretty(value: Any) -> str:
@@ -235,7 +237,7 @@ async def overview(request: Request, ctx: Ctx, see: See) -> Response:
     rows = await queue_stats(ctx, see.who)
     totals = {
         name: sum(getattr(r, name) for r in rows)
-        for name in ("scheduled", "queued", "running", "retrying", "dead", "succeeded")
+        for name in ("blocked", "scheduled", "queued", "running", "retrying", "dead", "succeeded")
     }
     return render(request, "overview.html", see, totals=totals, rows=rows)
 
@@ -254,12 +256,21 @@ async def queues(request: Request, ctx: Ctx, see: See) -> Response:
             r.queue,
             {"queue": r.queue, "tenants": 0, "oldest_wait": None}
             | dict.fromkeys(
-                ("scheduled", "queued", "running", "retrying", "dead", "succeeded", "cancelled"),
+                (
+                    "blocked",
+                    "scheduled",
+                    "queued",
+                    "running",
+                    "retrying",
+                    "dead",
+                    "succeeded",
+                    "cancelled",
+                ),
                 0,
             ),
         )
         q["tenants"] += 1
-        for name in ("scheduled", "queued", "running", "retrying", "dead", "succeeded"):
+        for name in ("blocked", "scheduled", "queued", "running", "retrying", "dead", "succeeded"):
             q[name] += getattr(r, name)
         q["cancelled"] += r.cancelled
         if r.oldest_wait is not None:
@@ -428,9 +439,10 @@ async def workers(request: Request, ctx: Ctx, see: See) -> Response:
 
 @router.get("/schedules")
 async def schedules(request: Request, ctx: Ctx, see: See) -> Response:
-    found = getattr(ctx.app, "periodic_tasks", None)
-    listed = list(found.values()) if isinstance(found, dict) else []
-    return render(request, "schedules.html", see, schedules=listed)
+    """The app's periodic jobs (``@app.periodic``) and when each runs next."""
+    from conveyor.scheduler import describe
+
+    return render(request, "schedules.html", see, schedules=describe(ctx.app))
 
 
 def install(app: FastAPI) -> None:

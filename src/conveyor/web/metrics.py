@@ -22,7 +22,16 @@ from conveyor.worker import presence
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
-_STATES = ("scheduled", "queued", "running", "retrying", "dead", "succeeded", "cancelled")
+_STATES = (
+    "scheduled",
+    "queued",
+    "running",
+    "retrying",
+    "dead",
+    "succeeded",
+    "cancelled",
+    "blocked",
+)
 #: Running jobs read per scrape to count workers (one row per running job).
 _RUNNING_SCAN = 10_000
 

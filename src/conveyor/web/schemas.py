@@ -205,6 +205,7 @@ class QueueStatsOut(BaseModel):
     dead: int
     succeeded: int
     cancelled: int
+    blocked: int = Field(description="Waiting for the jobs named in after= to finish")
     oldest_wait: float | None = Field(description="Seconds the oldest ready job has waited")
     weight: float
     max_running: int | None
@@ -224,6 +225,7 @@ class QueueStatsOut(BaseModel):
             dead=s.dead,
             succeeded=s.succeeded,
             cancelled=s.cancelled,
+            blocked=s.blocked,
             oldest_wait=s.oldest_wait,
             weight=s.weight,
             max_running=s.max_running,

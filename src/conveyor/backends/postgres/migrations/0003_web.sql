@@ -1,4 +1,4 @@
--- Migration 0002 (web): the records table, small JSON documents kept beside the jobs
+-- Migration 0003 (web): the records table, small JSON documents kept beside the jobs
 -- (API tokens; later webhooks). Read and written by the statements in records.sql.
 --
 -- Applied by PostgresBackend.migrate() inside one transaction, with search_path set to
