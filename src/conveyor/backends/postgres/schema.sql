@@ -662,3 +662,12 @@ BEGIN
     RETURN v_start - v_now;
 END
 $$;
+
+-- Small JSON documents that are not jobs (API tokens, ...): see records.sql.
+CREATE TABLE records (
+    kind       text COLLATE "C" NOT NULL,
+    key        text COLLATE "C" NOT NULL,
+    value      text NOT NULL,
+    updated_at double precision NOT NULL,
+    PRIMARY KEY (kind, key)
+);
