@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from conveyor.backends.base import Backend, ClaimedJob, Outcome, OutcomeKind
+from conveyor.job import Job
 from conveyor.retry import Backoff, Fail
 from conveyor.serialize import loads
 from conveyor.task import EnqueueOptions, Signature
@@ -38,7 +39,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("conveyor.notify")
 
-EVENTS = ("job.succeeded", "job.retrying", "job.dead", "job.cancelled")
+EVENTS = (
+    "job.succeeded",
+    "job.retrying",
+    "job.dead",
+    "job.cancelled",
+    "job.timeout",
+    "batch.finished",
+)
 KIND = "webhook"
 DELIVER_TASK = "conveyor.webhook"
 #: Seconds a worker trusts its copy of the webhook list before reading it again.
@@ -187,6 +195,11 @@ class Notifier:
         enqueued in one write, on the worker's own connection.
         """
         events = [e for e in (_event(job, outcome) for job, outcome in finished) if e]
+        await self.publish(backend, events)
+
+    async def publish(self, backend: Backend, events: list[Event]) -> None:
+        """Call the listeners of each event and queue its webhook deliveries; never
+        raises."""
         for event in events:
             for listener in self.listeners.get(event.name, []):
                 try:
@@ -239,6 +252,25 @@ def _event(job: ClaimedJob, outcome: Outcome) -> Event | None:
         at=time.time(),
         result=loads(outcome.result_json) if outcome.result_json else None,
         error=error if isinstance(error, dict) else None,
+    )
+
+
+def job_event(name: str, job: Job, error: dict[str, Any] | None = None) -> Event | None:
+    """An event about a job read from the store (expired or reaped by the maintenance
+    loop, completed from outside)."""
+    if job.task == DELIVER_TASK:
+        return None
+    last = job.errors[-1].to_json() if error is None and job.errors else error
+    return Event(
+        name=name,
+        job_id=job.id,
+        task=job.task,
+        queue=job.queue,
+        tenant=job.tenant,
+        attempt=job.attempt,
+        at=time.time(),
+        result=job.result,
+        error=last,
     )
 
 

@@ -26,10 +26,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+from conveyor import notify
 from conveyor.backends import create_backend
 from conveyor.backends.base import Backend, ClaimedJob, Lease, Outcome, OutcomeKind
 from conveyor.context import JobContext
-from conveyor.job import from_timestamp
+from conveyor.job import JobState, from_timestamp
 from conveyor.scheduler import Scheduler
 from conveyor.worker import presence
 from conveyor.worker.runner import run_attempt
@@ -152,6 +153,9 @@ class Worker:
         # users on this loop share.
         self._backend = create_backend(self.app.url, clock=self.app._clock)
         await self._backend.open()
+        # Tasks that call the app's API (the webhook delivery task does) open the app's
+        # backend for this loop; one we did not find here is ours to close at the end.
+        app_backend_before = self.app._backends.get(self._loop)
         installed = self._install_signals()
         log.info("worker %s serving %s with %d slots", self.id, self.queues, self.concurrency)
         side = [
@@ -176,6 +180,9 @@ class Worker:
                 self._loop.remove_signal_handler(sig)
             self._executor.shutdown(wait=False, cancel_futures=True)
             await self._backend.close()
+            if app_backend_before is None:
+                with contextlib.suppress(Exception):
+                    await self.app.close_async()
         if self._fatal is not None:
             raise RuntimeError(f"worker {self.id} stopped: {self._fatal!r}") from self._fatal
 
@@ -318,6 +325,7 @@ class Worker:
                 max_attempts=job.max_attempts,
                 enqueued_at=from_timestamp(job.enqueued_at),  # type: ignore[arg-type]
                 _sink=functools.partial(self._report_progress, attempt),
+                completion_token=job.lease_token,
             )
         assert self._executor is not None
         coro = run_attempt(
@@ -520,6 +528,8 @@ class Worker:
                 if reaped:
                     log.warning("reaped %d job(s) whose worker was lost", reaped)
                     self._wake.set()
+                if backend.capabilities.external_completion:
+                    await self._expire_waiting(backend)
                 await self._call("promote", backend.promote)
                 await self._call("periodic", lambda: self._scheduler.run_due(backend))
                 if time.monotonic() - last_purge > _PURGE_EVERY:
@@ -528,6 +538,24 @@ class Worker:
             else:
                 self._scheduler.lost_lock()
             await asyncio.sleep(self.maintenance_interval)
+
+    async def _expire_waiting(self, backend: Backend) -> None:
+        """Waiting jobs past their deadline time out; announce ``job.timeout`` (and
+        ``job.dead`` for those out of attempts)."""
+        expired = await self._call("expire waiting", backend.expire_waiting)
+        if not expired:
+            return
+        log.warning("%d waiting job(s) timed out (no external completion)", len(expired))
+        self._wake.set()
+        jobs = await self._call("read expired", lambda: backend.get_many([i for i, _ in expired]))
+        events = []
+        for (_, state), job in zip(expired, jobs or [], strict=False):
+            if job is None:
+                continue
+            events.append(notify.job_event("job.timeout", job))
+            if state is JobState.DEAD:
+                events.append(notify.job_event("job.dead", job))
+        await self.app.notifier.publish(backend, [e for e in events if e is not None])
 
 
 async def _wait_all_or(
