@@ -43,12 +43,15 @@ from conveyor.backends.base import (
     ClaimedJob,
     Clock,
     DependencyNotFound,
+    ExternalReply,
     HeartbeatReply,
     Lease,
     NewJob,
     Outcome,
+    OutcomeKind,
     QueueStats,
     RateBucket,
+    external_refusal,
 )
 from conveyor.backends.postgres import _sql, _url
 from conveyor.backends.postgres._listen import Listener, Mark, Snapshot
@@ -67,14 +70,22 @@ POOL_TIMEOUT = 10.0
 PURGE_CHUNK = 5000
 #: Poll interval ceiling while the LISTEN connection is down (jittered below it).
 POLL_FALLBACK = 0.25
-_WAITING = frozenset({JobState.SCHEDULED, JobState.QUEUED, JobState.RETRYING, JobState.BLOCKED})
+_WAITING = frozenset(
+    {JobState.SCHEDULED, JobState.QUEUED, JobState.RETRYING, JobState.BLOCKED, JobState.WAITING}
+)
+_EXTERNAL_KINDS = (OutcomeKind.SUCCEEDED, OutcomeKind.RETRY, OutcomeKind.DEAD)
 _REPLAYABLE = frozenset({JobState.DEAD, JobState.CANCELLED})
 
 
 class PostgresBackend(Backend):
     """Conveyor on PostgreSQL >= 13 (psycopg 3, async, pooled)."""
 
-    capabilities = Capabilities(push_wakeups=True, multi_host=True, transactional_enqueue=True)
+    capabilities = Capabilities(
+        push_wakeups=True,
+        multi_host=True,
+        transactional_enqueue=True,
+        external_completion=True,
+    )
     transient_errors = (
         psycopg.OperationalError,  # includes PoolTimeout, deadlocks, admin shutdown
         psycopg.InterfaceError,
@@ -370,6 +381,8 @@ class PostgresBackend(Backend):
     async def finish(self, outcomes: Sequence[Outcome]) -> list[bool]:
         if not outcomes:
             return []
+        if any(o.kind is OutcomeKind.PARKED for o in outcomes):
+            return await self._finish_with_parks(outcomes)
         params = {
             "now": self._now(),
             "chan": self.channel,
@@ -384,6 +397,60 @@ class PostgresBackend(Backend):
         rows = await self._rows(self._q.finish, params)
         applied = {(job_id, token) for job_id, token in rows}
         return [(o.id, o.lease_token) in applied for o in outcomes]
+
+    async def _finish_with_parks(self, outcomes: Sequence[Outcome]) -> list[bool]:
+        """Parks (rare) go through their own statement; the rest through ``finish``."""
+        others = [o for o in outcomes if o.kind is not OutcomeKind.PARKED]
+        done = iter(await self.finish(others))
+        applied = []
+        for out in outcomes:
+            if out.kind is not OutcomeKind.PARKED:
+                applied.append(next(done))
+                continue
+            params = {
+                "now": self._now(),
+                "id": out.id,
+                "token": out.lease_token,
+                "delay": float(out.retry_delay),
+            }
+            applied.append(bool(await self._rows(self._q.park, params)))
+        return applied
+
+    async def complete_external(self, outcome: Outcome) -> ExternalReply:
+        if outcome.kind not in _EXTERNAL_KINDS:
+            raise ValueError(f"an external completion cannot be {outcome.kind.value!r}")
+        params = {
+            "now": self._now(),
+            "id": outcome.id,
+            "token": outcome.lease_token,
+            "kind": outcome.kind.value,
+            "result": outcome.result_json,
+            "error": outcome.error_json,
+            "delay": float(outcome.retry_delay),
+        }
+        async with self._conn() as conn, conn.transaction():
+            cur = await conn.execute(self._q.complete_external, params)
+            row = await cur.fetchone()
+            if row is not None:
+                if row[0] == JobState.QUEUED:
+                    await conn.execute(self._q.notify, {"chan": self.channel, "queue": row[1]})
+                return ExternalReply.APPLIED
+            cur = await conn.execute(self._q.clock, {"now": self._now()})
+            now_row = await cur.fetchone()
+            cur = await conn.execute(self._q.wait_status, {"id": outcome.id})
+            status = await cur.fetchone()
+        if status is None or status[1] != outcome.lease_token:
+            return ExternalReply.UNKNOWN
+        assert now_row is not None
+        return external_refusal(status[0], status[2], status[3], float(now_row[0]))
+
+    async def expire_waiting(self) -> list[tuple[str, JobState]]:
+        async with self._conn() as conn, conn.transaction():
+            cur = await conn.execute(self._q.expire_waiting, {"now": self._now()})
+            rows = await cur.fetchall()
+            for queue in sorted({q for _, state, q in rows if state == JobState.QUEUED}):
+                await conn.execute(self._q.notify, {"chan": self.channel, "queue": queue})
+        return [(str(job_id), JobState(state)) for job_id, state, _ in rows]
 
     async def take_rate(self, lease: Lease, buckets: Sequence[RateBucket]) -> float:
         if not buckets:

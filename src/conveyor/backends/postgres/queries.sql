@@ -57,7 +57,7 @@ RETURNING id;
 -- qualified. %(keys)s -> (key, id) of the active jobs holding those dedup keys.
 SELECT key, id FROM {schema}.jobs
 WHERE key = ANY (%(keys)s::text[])
-  AND state IN ('scheduled', 'queued', 'running', 'retrying', 'blocked');
+  AND state IN ('scheduled', 'queued', 'running', 'retrying', 'blocked', 'waiting');
 
 
 -- name: claim
@@ -293,12 +293,12 @@ SELECT state, key, queue FROM jobs WHERE id = %(id)s FOR UPDATE;
 
 
 -- name: cancel_waiting
--- scheduled/queued/retrying/blocked -> cancelled; the record expires result_ttl after
+-- scheduled/queued/retrying/blocked/waiting -> cancelled; the record expires result_ttl after
 -- now. Jobs waiting for this one are settled by the jobs_settle_dependents trigger.
 UPDATE jobs
 SET state = 'cancelled', finished_at = conveyor_now(%(now)s),
     expires_at = conveyor_now(%(now)s) + result_ttl
-WHERE id = %(id)s AND state IN ('scheduled', 'queued', 'retrying', 'blocked');
+WHERE id = %(id)s AND state IN ('scheduled', 'queued', 'retrying', 'blocked', 'waiting');
 
 
 -- name: request_cancel
@@ -310,7 +310,7 @@ UPDATE jobs SET cancel_requested = true WHERE id = %(id)s AND state = 'running';
 -- Is dedup %(key)s held by an active job other than %(id)s?
 SELECT id FROM jobs
 WHERE key = %(key)s AND id <> %(id)s
-  AND state IN ('scheduled', 'queued', 'running', 'retrying', 'blocked');
+  AND state IN ('scheduled', 'queued', 'running', 'retrying', 'blocked', 'waiting');
 
 
 -- name: replay
@@ -369,7 +369,7 @@ SELECT queue, tenant,
        count(*) FILTER (WHERE state = 'dead'), count(*) FILTER (WHERE state = 'succeeded'),
        count(*) FILTER (WHERE state = 'cancelled'),
        min(ready_at) FILTER (WHERE state = 'queued'),
-       count(*) FILTER (WHERE state = 'blocked')
+       count(*) FILTER (WHERE state = 'blocked'), count(*) FILTER (WHERE state = 'waiting')
 FROM jobs
 GROUP BY queue, tenant;
 
