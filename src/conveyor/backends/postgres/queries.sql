@@ -297,7 +297,7 @@ SELECT state, key, queue FROM jobs WHERE id = %(id)s FOR UPDATE;
 -- now. Jobs waiting for this one are settled by the jobs_settle_dependents trigger.
 UPDATE jobs
 SET state = 'cancelled', finished_at = conveyor_now(%(now)s),
-    expires_at = conveyor_now(%(now)s) + result_ttl
+    expires_at = conveyor_now(%(now)s) + result_ttl, lease_expires_at = NULL
 WHERE id = %(id)s AND state IN ('scheduled', 'queued', 'retrying', 'blocked', 'waiting');
 
 

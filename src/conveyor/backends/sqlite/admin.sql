@@ -137,7 +137,8 @@ SELECT state, key FROM jobs WHERE id = :id;
 -- scheduled/queued/retrying/blocked/waiting -> cancelled; the record expires result_ttl after
 -- :now. Jobs waiting for this one are settled by the jobs_settle_dependents trigger.
 UPDATE jobs
-SET state = 'cancelled', finished_at = :now, expires_at = :now + result_ttl
+SET state = 'cancelled', finished_at = :now, expires_at = :now + result_ttl,
+    lease_expires_at = NULL
 WHERE id = :id AND state IN ('scheduled', 'queued', 'retrying', 'blocked', 'waiting');
 
 

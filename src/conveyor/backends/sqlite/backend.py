@@ -303,11 +303,16 @@ class SQLiteBackend(Backend):
         return await self._write(lambda conn, now: self._tx_finish(conn, now, outcomes), wakes=True)
 
     def _tx_finish(
-        self, conn: sqlite3.Connection, now: float, outcomes: Sequence[Outcome]
+        self,
+        conn: sqlite3.Connection,
+        now: float,
+        outcomes: Sequence[Outcome],
+        external: bool = False,
     ) -> list[bool]:
         applied = []
         for out in outcomes:
             params = {
+                "external": external,
                 "id": out.id,
                 "token": out.lease_token,
                 "now": now,
@@ -324,7 +329,7 @@ class SQLiteBackend(Backend):
             raise ValueError(f"an external completion cannot be {outcome.kind.value!r}")
 
         def body(conn: sqlite3.Connection, now: float) -> ExternalReply:
-            if self._tx_finish(conn, now, [outcome])[0]:
+            if self._tx_finish(conn, now, [outcome], external=True)[0]:
                 return ExternalReply.APPLIED
             return _ops.refusal(conn, now, self._q, outcome.id, outcome.lease_token)
 

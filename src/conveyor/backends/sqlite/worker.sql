@@ -152,8 +152,9 @@ WHERE id = :id AND lease_token = :token AND state = 'running';
 -- name: finish_succeeded
 -- :result (JSON text); the record expires result_ttl seconds after :now.
 -- finish_succeeded, finish_retry and finish_dead also complete a waiting job from
--- outside (complete_external): :token is then its completion token, accepted only
--- before the deadline. (A waiting job never has cancel_requested set: cancel cancels it.)
+-- outside (complete_external, :external = 1): :token is then its completion token,
+-- accepted only before the deadline; a worker's finish (:external = 0) never touches
+-- a waiting job. (A waiting job never has cancel_requested set: cancel cancels it.)
 UPDATE jobs
 SET state = 'succeeded',
     result_json = :result,
@@ -161,8 +162,9 @@ SET state = 'succeeded',
     expires_at = :now + result_ttl,
     lease_token = NULL,
     lease_expires_at = NULL
-WHERE id = :id AND (state = 'running' AND lease_token = :token
-                  OR state = 'waiting' AND wait_token = :token AND lease_expires_at > :now);
+WHERE id = :id AND (state = 'running' AND lease_token = :token AND NOT :external
+                  OR state = 'waiting' AND :external AND wait_token = :token
+                     AND lease_expires_at > :now);
 
 
 -- name: finish_retry
@@ -190,8 +192,9 @@ SET state = CASE WHEN cancel_requested THEN 'cancelled'
                        ELSE json_insert(errors_json, '$[#]', json(:error)) END,
     lease_token = NULL,
     lease_expires_at = NULL
-WHERE id = :id AND (state = 'running' AND lease_token = :token
-                  OR state = 'waiting' AND wait_token = :token AND lease_expires_at > :now);
+WHERE id = :id AND (state = 'running' AND lease_token = :token AND NOT :external
+                  OR state = 'waiting' AND :external AND wait_token = :token
+                     AND lease_expires_at > :now);
 
 
 -- name: finish_dead
@@ -203,8 +206,9 @@ SET state = 'dead',
                        ELSE json_insert(errors_json, '$[#]', json(:error)) END,
     lease_token = NULL,
     lease_expires_at = NULL
-WHERE id = :id AND (state = 'running' AND lease_token = :token
-                  OR state = 'waiting' AND wait_token = :token AND lease_expires_at > :now);
+WHERE id = :id AND (state = 'running' AND lease_token = :token AND NOT :external
+                  OR state = 'waiting' AND :external AND wait_token = :token
+                     AND lease_expires_at > :now);
 
 
 -- name: finish_cancelled
