@@ -573,6 +573,7 @@ def stats(cfg: _State, as_json: bool) -> None:
         "scheduled",
         "queued",
         "running",
+        "waiting",
         "retrying",
         "dead",
         "succeeded",

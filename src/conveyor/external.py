@@ -25,7 +25,7 @@ from conveyor.backends.base import (
 from conveyor.errors import CompletionRefused
 from conveyor.job import JobState
 from conveyor.retry import Backoff
-from conveyor.serialize import dumps
+from conveyor.serialize import PayloadTooLarge, dumps
 
 if TYPE_CHECKING:
     from conveyor.app import App
@@ -99,6 +99,9 @@ class ExternalMixin:
     async def complete_external_async(self, job_id: str, token: str, result: Any = None) -> None:
         _check(job_id, token)
         result_json = dumps(result, what="result")
+        limit = self._app().defaults.max_payload
+        if len(result_json.encode()) > limit:  # an outside service's result, unchecked so far
+            raise PayloadTooLarge(len(result_json.encode()), limit)
         outcome = Outcome(job_id, token, OutcomeKind.SUCCEEDED, result_json=result_json)
         await complete(self._app(), await self.backend(), job_id, token, outcome)
 
