@@ -101,3 +101,4 @@ def network(
         proxy.heal()  # a scenario that failed mid-partition must not hang its cleanup
         cluster.cleanup()
         proxy.stop()
+    assert not proxy.errors, proxy.errors

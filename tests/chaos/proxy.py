@@ -81,6 +81,8 @@ class Proxy:
         #: Seconds added to every chunk, each direction. Read per chunk: change it any time.
         self.latency = 0.0
         self.stats = {"accepted": 0, "reset": 0, "held": 0}
+        #: Errors of the proxy's own tasks (there should be none).
+        self.errors: list[str] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server: asyncio.Server | None = None
@@ -145,6 +147,7 @@ class Proxy:
 
     def _run(self, ready: threading.Event) -> None:
         loop = asyncio.new_event_loop()
+        loop.set_exception_handler(self._on_error)
         self._loop = loop
         self._open = asyncio.Event()
         self._open.set()
@@ -159,10 +162,20 @@ class Proxy:
             ready.set()
             loop.close()
 
+    def _on_error(self, _loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
+        """Keep what went wrong, without formatting a traceback: on Python 3.11 that
+        parses source lines with ``ast`` (for the carets), which is not thread-safe and
+        breaks pytest's assertion rewriting in the main thread."""
+        self.errors.append(f"{context.get('message')}: {context.get('exception')!r}")
+
     async def _shutdown(self) -> None:
         if self._server is not None:
             self._server.close()
         await self._drop()
+        # Let every connection's tasks finish before the loop stops under them.
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        if others:
+            await asyncio.wait(others, timeout=5)
 
     async def _drop(self) -> int:
         links = list(self._links)

@@ -34,6 +34,7 @@ def proxy() -> Iterator[Proxy]:
         proxy.stop()
         server.shutdown()
         server.server_close()
+    assert not proxy.errors, proxy.errors
 
 
 def _connect(proxy: Proxy) -> socket.socket:
