@@ -9,7 +9,7 @@ recorded twice, nothing unexpected, no overlapping leases, attempts within
 acknowledged: its job may exist or not, and the check allows either. SQLite has no
 network: these scenarios skip it (its stall is the write lock, ``test_store_stall``).
 
-The black hole lasts ``3 * LEASE`` in the short form and 30 s under
+The black hole lasts three leases (4.5 s) in the short form and 30 s under
 ``CONVEYOR_CHAOS=full`` (``make chaos``).
 """
 
@@ -30,7 +30,9 @@ from tests.chaos.test_store_stall import lease_known_at
 
 LEASE = 2.0
 WORKER_ARGS = ("-p", "1", "-c", "8", "--lease", str(LEASE), "--grace", "1")
-BLACK_HOLE = 30.0 if FULL else 3 * LEASE
+#: The black-hole scenario's lease: shorter, so that the short form stays short.
+BH_LEASE = 1.5
+BLACK_HOLE = 30.0 if FULL else 3 * BH_LEASE
 #: The store's clock against this machine's (loopback servers): scheduling noise only.
 TOLERANCE = 0.25
 
@@ -63,7 +65,7 @@ def test_added_latency_slows_jobs_down_but_they_all_complete(network: Network) -
     producer = Producer(cluster, "chaos.work", 0.3, interval=0.02)
     producer.start()
     try:
-        time.sleep(20 if FULL else 5)
+        time.sleep(20 if FULL else 3)
     finally:
         producer.finish()
     report = _judge(cluster, producer, workers)
@@ -84,10 +86,10 @@ def test_dropped_connections_workers_reconnect_and_carry_on(network: Network) ->
     producer.start()
     drops: list[tuple[float, int]] = []
     try:
-        for _ in range(10 if FULL else 4):
+        for _ in range(10 if FULL else 3):
             time.sleep(1.0)
             drops.append((time.time(), network.proxy.drop()))
-        time.sleep(2.0)  # keeps working after the last drop
+        time.sleep(1.5)  # keeps working after the last drop
     finally:
         producer.finish()
     report = _judge(cluster, producer, workers)
@@ -109,9 +111,9 @@ def test_a_black_hole_longer_than_the_lease(network: Network) -> None:
     reaper hands them out again and everything completes, each recorded once."""
     cluster = network.cluster
     cluster.app.stats()
-    args = ("-p", "1", "-c", "4", "--lease", str(LEASE), "--grace", "1")
+    args = ("-p", "1", "-c", "4", "--lease", str(BH_LEASE), "--grace", "1")
     workers = [cluster.start_worker(*args) for _ in range(2)]
-    long_jobs = cluster.enqueue_many("chaos.steps", [[i, 50] for i in range(8)])  # 5 s each
+    long_jobs = cluster.enqueue_many("chaos.steps", [[i, 30] for i in range(8)])  # 3 s each
 
     def renewed() -> bool:
         events = cluster.events()

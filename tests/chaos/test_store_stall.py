@@ -54,7 +54,8 @@ def test_a_worker_that_cannot_renew_stops_its_job_before_the_lease_ends(
     cluster.app.stats()  # creates the schema before the worker does
     worker = cluster.start_worker("-p", "1", "-c", "2", "--lease", str(LEASE))
     cluster.worker_pids(worker, 1)
-    job_id = cluster.enqueue("chaos.steps", 1, 40)  # 4 s of work
+    # 2.5 s of work: it outlasts the stop (at most 0.9 lease after the first renewal).
+    job_id = cluster.enqueue("chaos.steps", 1, 25)
     cluster.wait_for(
         lambda: any(e["ev"] == "renew" and e["id"] == job_id for e in cluster.events()),
         20,
