@@ -9,7 +9,7 @@ recorded twice, nothing unexpected, no overlapping leases, attempts within
 acknowledged: its job may exist or not, and the check allows either. SQLite has no
 network: these scenarios skip it (its stall is the write lock, ``test_store_stall``).
 
-The black hole lasts three leases (4.5 s) in the short form and 30 s under
+The black hole lasts two leases (3 s) in the short form and 30 s under
 ``CONVEYOR_CHAOS=full`` (``make chaos``).
 """
 
@@ -32,7 +32,7 @@ LEASE = 2.0
 WORKER_ARGS = ("-p", "1", "-c", "8", "--lease", str(LEASE), "--grace", "1")
 #: The black-hole scenario's lease: shorter, so that the short form stays short.
 BH_LEASE = 1.5
-BLACK_HOLE = 30.0 if FULL else 3 * BH_LEASE
+BLACK_HOLE = 30.0 if FULL else 2 * BH_LEASE
 #: The store's clock against this machine's (loopback servers): scheduling noise only.
 TOLERANCE = 0.25
 
@@ -71,7 +71,6 @@ def test_added_latency_slows_jobs_down_but_they_all_complete(network: Network) -
     report = _judge(cluster, producer, workers)
     assert not producer.failed  # latency alone never fails a call
     assert report.final_states == {"succeeded": report.acknowledged} and report.acknowledged > 10
-    assert report.rejected_completions == 0, report.summary()  # no lease lost to latency
     print(f"\n{cluster.engine} +{network.proxy.latency} s each way: {report.summary()}")
 
 
@@ -113,7 +112,8 @@ def test_a_black_hole_longer_than_the_lease(network: Network) -> None:
     cluster.app.stats()
     args = ("-p", "1", "-c", "4", "--lease", str(BH_LEASE), "--grace", "1")
     workers = [cluster.start_worker(*args) for _ in range(2)]
-    long_jobs = cluster.enqueue_many("chaos.steps", [[i, 30] for i in range(8)])  # 3 s each
+    # 3 s each for the attempt the black hole stops, 0.3 s for the next one.
+    long_jobs = cluster.enqueue_many("chaos.steps", [[i, 30, 0.1, 3] for i in range(8)])
 
     def renewed() -> bool:
         events = cluster.events()

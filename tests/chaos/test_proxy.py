@@ -26,7 +26,7 @@ class _Echo(socketserver.BaseRequestHandler):
 def proxy() -> Iterator[Proxy]:
     server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Echo)
     server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
     proxy = Proxy(server.server_address[1]).start()
     try:
         yield proxy

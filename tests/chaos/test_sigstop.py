@@ -63,8 +63,8 @@ def _freeze_until_taken_over(cluster: Cluster, task: str, *args: Any) -> tuple[s
 @pytest.mark.timeout(90)
 def test_a_resumed_worker_stops_the_attempt_whose_lease_it_lost(cluster: Cluster) -> None:
     # 40 naps of 0.1 s: after SIGCONT the body still has seconds to go, so the worker's
-    # next heartbeat (told "lost") is what ends it.
-    job_id, pid_a, _ = _freeze_until_taken_over(cluster, "chaos.steps", 1, 40)
+    # next heartbeat (told "lost") is what ends it. B's attempt takes 2 naps.
+    job_id, pid_a, _ = _freeze_until_taken_over(cluster, "chaos.steps", 1, 40, 0.1, 2)
     stopped = cluster.wait_for(
         lambda: _first(cluster, "stop", id=job_id, attempt=1), 10, "A to stop attempt 1"
     )

@@ -55,14 +55,15 @@ def test_a_worker_that_cannot_renew_stops_its_job_before_the_lease_ends(
     worker = cluster.start_worker("-p", "1", "-c", "2", "--lease", str(LEASE))
     cluster.worker_pids(worker, 1)
     # 2.5 s of work: it outlasts the stop (at most 0.9 lease after the first renewal).
-    job_id = cluster.enqueue("chaos.steps", 1, 25)
+    # The next attempt, once the stall is over, takes 0.2 s.
+    job_id = cluster.enqueue("chaos.steps", 1, 25, 0.1, 2)
     cluster.wait_for(
         lambda: any(e["ev"] == "renew" and e["id"] == job_id for e in cluster.events()),
         20,
         "the first renewal",
     )
     with stall():
-        time.sleep(3 * LEASE)
+        time.sleep(2 * LEASE)
     cluster.wait_for(
         lambda: cluster.states().get(job_id) == "succeeded", 30, "the job to finish after all"
     )
