@@ -12,6 +12,10 @@ connection to ``127.0.0.1:upstream_port``. While it runs, from any thread:
   delivered (TCP retransmits through a short partition), and connections accepted
   during it are connected upstream. ``heal(reset=True)`` resets every connection
   instead, as when the partition outlasted TCP's patience.
+* ``proxy.forget()`` silences the connections open now for good: nothing more is
+  forwarded on them, either way, and they are never closed (a middlebox that lost
+  their state), while new connections work. Only a client-side timeout gets a client
+  out of such a connection.
 
 It runs its own asyncio loop in a daemon thread, and listens on 127.0.0.1 only.
 """
@@ -42,6 +46,7 @@ class _Link:
     upstream: asyncio.StreamWriter | None = None
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     closed: bool = False
+    forgotten: bool = False
 
     def reset(self) -> None:
         """Both connections, abruptly: the peers see ECONNRESET."""
@@ -119,6 +124,10 @@ class Proxy:
         """Reset every connection now; returns how many there were."""
         return self._call(self._drop())
 
+    def forget(self) -> int:
+        """Silence every open connection for good; returns how many there were."""
+        return self._call(self._forget())
+
     def start_black_hole(self) -> None:
         self._call(self._set_open(False))
 
@@ -185,6 +194,11 @@ class Proxy:
         self._links.clear()
         return len(links)
 
+    async def _forget(self) -> int:
+        for link in self._links:
+            link.forgotten = True
+        return len(self._links)
+
     async def _set_open(self, value: bool) -> None:
         assert self._open is not None
         if value:
@@ -204,6 +218,8 @@ class Proxy:
             if not self._open.is_set():
                 self.stats["held"] += 1
                 await self._open.wait()  # accepted, and held until the partition heals
+            if link.forgotten:
+                await asyncio.Event().wait()  # until reset or shut down
             up_reader, up_writer = await asyncio.open_connection(*self.upstream)
             link.upstream = up_writer
             if link.closed:  # dropped while connecting
@@ -227,7 +243,7 @@ class Proxy:
         """Copy one direction. Chunks go through a queue so that each waits out its own
         latency without holding up the reading of the next one."""
         queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
-        sender = asyncio.create_task(self._send(queue, dst))
+        sender = asyncio.create_task(self._send(queue, dst, link))
         link.tasks.add(sender)
         try:
             while True:
@@ -243,7 +259,7 @@ class Proxy:
             sender.cancel()
 
     async def _send(
-        self, queue: asyncio.Queue[tuple[float, bytes]], dst: asyncio.StreamWriter
+        self, queue: asyncio.Queue[tuple[float, bytes]], dst: asyncio.StreamWriter, link: _Link
     ) -> None:
         assert self._open is not None
         while True:
@@ -252,6 +268,8 @@ class Proxy:
             if delay > 0:
                 await asyncio.sleep(delay)
             await self._open.wait()  # a black hole forwards nothing, in either direction
+            if link.forgotten:
+                await asyncio.Event().wait()  # until reset or shut down
             if not data:
                 return
             dst.write(data)

@@ -16,8 +16,11 @@ The black hole lasts two leases (3 s) in the short form and 30 s under
 from __future__ import annotations
 
 import contextlib
+import secrets
 import subprocess
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,7 +28,8 @@ import pytest
 from tests.chaos.conftest import FULL, Network
 from tests.chaos.harness import Cluster
 from tests.chaos.history import Report
-from tests.chaos.servers import Producer
+from tests.chaos.proxy import Proxy
+from tests.chaos.servers import NETWORK_ENGINES, PrivateServer, Producer
 from tests.chaos.test_store_stall import lease_known_at
 
 LEASE = 2.0
@@ -132,8 +136,67 @@ def test_a_black_hole_longer_than_the_lease(network: Network) -> None:
         producer.finish()
     report = _judge(cluster, producer, workers)
 
-    events = cluster.events()
-    running = _running_at(events, silent_from, set(long_jobs))
+    running = _assert_stopped_in_time(cluster.events(), silent_from, set(long_jobs))
+    stored = {j.id: j for j in cluster.store()}
+    assert all(stored[i].state == "succeeded" for i in long_jobs), report.summary()
+    print(
+        f"\n{cluster.engine}: {BLACK_HOLE:.0f} s black hole, {len(running)} jobs stopped in "
+        f"time; {report.summary()}; proxy {network.proxy.stats}"
+    )
+
+
+@pytest.mark.timeout(150)
+def test_connections_that_go_silent_for_good_are_given_up(
+    engine: str, tmp_path: Path, private_servers: Callable[[str], PrivateServer]
+) -> None:
+    """The workers' connections go silent for good, with no reset ever coming (a
+    middlebox forgot them; ``proxy.forget()``), while new connections work. A worker
+    gives up on a call unanswered after a lease (5 s at least), on a new connection:
+    its jobs are stopped before their leases end, then reaped and run again. (Before
+    that bound, the worker hung on such a connection until TCP gave up, or forever.)"""
+    if engine not in NETWORK_ENGINES:
+        pytest.skip(f"{engine} has no network between workers and the store")
+    server = private_servers(engine)
+    proxy = Proxy(server.port).start()
+    name = f"chaos_{secrets.token_hex(4)}"
+    # The test's own reads go straight to the server; only the workers use the proxy.
+    cluster = Cluster(tmp_path, server.store_url(name), engine)
+    cluster.env["CONVEYOR_URL"] = server.store_url(name, proxy.url(server.base_url))
+    try:
+        cluster.app.stats()
+        worker = cluster.start_worker("-p", "1", "-c", "4", "--lease", str(BH_LEASE))
+        # 3 s each for the attempt whose connections go silent, 0.2 s for the next one.
+        ids = cluster.enqueue_many("chaos.steps", [[i, 30, 0.1, 2] for i in range(4)])
+        cluster.wait_for(
+            lambda: {e["id"] for e in cluster.events() if e["ev"] == "renew"} >= set(ids),
+            30,
+            "every job to run and renew its lease",
+        )
+        silent_from = time.time()
+        assert proxy.forget() > 0
+        cluster.wait_for(
+            lambda: all(s == "succeeded" for s in cluster.states().values()),
+            60,
+            "every job to succeed on new connections",
+        )
+        assert worker.poll() is None, cluster.worker_logs()
+        running = _assert_stopped_in_time(cluster.events(), silent_from, set(ids))
+        report = cluster.check()
+        assert report.ok, report.details()
+        assert "got no answer" in cluster.worker_logs()
+        print(f"\n{engine}: {len(running)} jobs stopped in time; {report.summary()}")
+    finally:
+        cluster.cleanup()
+        proxy.stop()
+
+
+def _assert_stopped_in_time(
+    events: list[dict[str, Any]], silent_from: float, ids: set[str]
+) -> list[dict[str, Any]]:
+    """Every attempt of ``ids`` running when the network went silent was stopped by its
+    worker before its lease ended, sent no outcome, and the job's next lease began only
+    after it had ended. Returns those attempts' claims."""
+    running = _running_at(events, silent_from, ids)
     assert running, "no long job was running when the network went silent"
     for claim in running:
         ends = [
@@ -168,12 +231,7 @@ def test_a_black_hole_longer_than_the_lease(network: Network) -> None:
             and e["attempt"] == claim["attempt"] + 1
         ]
         assert following["expires"] - following["lease"] + TOLERANCE >= held, (claim, following)
-    stored = {j.id: j for j in cluster.store()}
-    assert all(stored[i].state == "succeeded" for i in long_jobs), report.summary()
-    print(
-        f"\n{cluster.engine}: {BLACK_HOLE:.0f} s black hole, {len(running)} jobs stopped in "
-        f"time; {report.summary()}; proxy {network.proxy.stats}"
-    )
+    return running
 
 
 def _running_at(events: list[dict[str, Any]], at: float, ids: set[str]) -> list[dict[str, Any]]:

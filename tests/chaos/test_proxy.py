@@ -107,6 +107,18 @@ def test_a_black_hole_healed_with_reset_resets_what_it_held(proxy: Proxy) -> Non
         assert _echo(conn) == b"ping"
 
 
+def test_forgotten_connections_stay_silent_and_new_ones_work(proxy: Proxy) -> None:
+    with _connect(proxy) as old:
+        assert _echo(old) == b"ping"
+        assert proxy.forget() == 1
+        old.sendall(b"into the void")
+        old.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            old.recv(64)
+        with _connect(proxy) as new:
+            assert _echo(new) == b"ping"
+
+
 def _recv_exactly(conn: socket.socket, size: int) -> bytes:
     got = b""
     with contextlib.suppress(TimeoutError):
