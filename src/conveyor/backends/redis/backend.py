@@ -35,11 +35,13 @@ from conveyor.backends.base import (
     Capabilities,
     ClaimedJob,
     Clock,
+    DependencyNotFound,
     HeartbeatReply,
     Lease,
     NewJob,
     Outcome,
     QueueStats,
+    RateBucket,
 )
 from conveyor.backends.redis._client import make_client, store_time
 from conveyor.backends.redis._records import (
@@ -167,6 +169,9 @@ class RedisBackend(Backend):
                 job.key or "",
                 _num(job.delay) if job.delay else "",
                 _num(job.run_at),
+                json.dumps(list(job.after)) if job.after else "",
+                job.after_policy,
+                _num(job.unique_for),
             )
             for job in jobs
         ]
@@ -176,7 +181,13 @@ class RedisBackend(Backend):
             json.dumps([(name, self.keys.queue(name)) for name in queues]),
             json.dumps(rows, ensure_ascii=False),
         ]
-        ids: list[str] = await self._s.enqueue(keys=[self.keys.route], args=args)
+        try:
+            ids: list[str] = await self._s.enqueue(keys=[self.keys.route], args=args)
+        except rexc.ResponseError as exc:
+            missing = str(exc).partition("DependencyNotFound ")[2]
+            if missing:
+                raise DependencyNotFound(missing.strip()) from None
+            raise
         if self._wake is not None:
             self._wake.flag.set()  # our own listener may not be subscribed to these queues
         return ids
@@ -244,6 +255,15 @@ class RedisBackend(Backend):
             )
         reply: list[int] = await self._s.finish(keys=[self.keys.route], args=args)
         return [bool(x) for x in reply]
+
+    async def take_rate(self, lease: Lease, buckets: Sequence[RateBucket]) -> float:
+        if not buckets:
+            return 0.0
+        args: list[str] = [self._now_arg(), self.keys.store, lease.id, lease.token]
+        for b in buckets:
+            args += [b.name, str(b.limit), _num(b.period)]
+        reply = await self._s.rate(keys=[self.keys.route], args=args)
+        return float(reply)
 
     async def progress(self, lease: Lease, fraction: float | None, message: str | None) -> bool:
         args = [
@@ -315,6 +335,15 @@ class RedisBackend(Backend):
     async def get(self, job_id: str) -> Job | None:
         fields = await self._client.hgetall(self.keys.job(job_id))
         return job_from_hash(fields) if fields else None
+
+    async def get_many(self, job_ids: Sequence[str]) -> list[Job | None]:
+        if not job_ids:
+            return []
+        async with self._client.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hgetall(self.keys.job(job_id))
+            replies = await pipe.execute()
+        return [job_from_hash(fields) if fields else None for fields in replies]
 
     async def query(
         self,
