@@ -69,12 +69,12 @@ def test_added_latency_slows_jobs_down_but_they_all_complete(network: Network) -
     producer = Producer(cluster, "chaos.work", 0.3, interval=0.02)
     producer.start()
     try:
-        time.sleep(20 if FULL else 3)
+        time.sleep(20 if FULL else 2)
     finally:
         producer.finish()
     report = _judge(cluster, producer, workers)
     assert not producer.failed  # latency alone never fails a call
-    assert report.final_states == {"succeeded": report.acknowledged} and report.acknowledged > 10
+    assert report.final_states == {"succeeded": report.acknowledged} and report.acknowledged > 4
     print(f"\n{cluster.engine} +{network.proxy.latency} s each way: {report.summary()}")
 
 
