@@ -10,6 +10,10 @@
 --   %(chan)s  the store's NOTIFY channel, conveyor_<schema>; the payload is
 --             "<queue> <id of the notifying transaction>".
 --
+-- Finished-job totals: a statement that moves jobs into or out of succeeded, dead or
+-- cancelled, or deletes such jobs, adds the change to job_totals in the same statement
+-- (row of shard pg_backend_pid() % 8; rows locked in key order, after the job rows).
+--
 -- Statements marked "qualified" name their tables as {schema}.table: they also run on a
 -- caller's own connection (transactional enqueue), whose search_path is the caller's.
 -- The others run on the backend's pool, whose search_path is the store's schema.
@@ -76,10 +80,12 @@ FROM s LEFT JOIN LATERAL conveyor_claim(
 -- name: heartbeat
 -- Extends the leases (%(ids)s, %(tokens)s) to now + %(lease)s; ids not returned lost
 -- their lease. Only lease_expires_at changes, which no index covers: a HOT update.
+-- "state IS NOT DISTINCT FROM" (the same as "=", state is NOT NULL) keeps every plan on
+-- the primary key: with "=", a plan may scan all of jobs_running instead.
 UPDATE jobs AS j
 SET lease_expires_at = conveyor_now(%(now)s) + %(lease)s::float8
 FROM unnest(%(ids)s::text[], %(tokens)s::text[]) AS h(id, token)
-WHERE j.id = h.id AND j.lease_token = h.token AND j.state = 'running'
+WHERE j.id = h.id AND j.lease_token = h.token AND j.state IS NOT DISTINCT FROM 'running'
 RETURNING j.id, j.cancel_requested;
 
 
@@ -99,6 +105,7 @@ WHERE id = %(id)s AND lease_token = %(token)s AND state = 'running';
 -- cap that this instance's claims know of) or of a tenant with max_running freed up.
 -- Plain completions notify nobody: a busy worker claims again as soon as a slot frees,
 -- and a NOTIFY per finish costs every listener a wake-up for nothing.
+-- Finished jobs are counted into job_totals.
 WITH t AS (SELECT conveyor_now(%(now)s) AS now),
 o AS (
     SELECT * FROM unnest(
@@ -139,8 +146,15 @@ done AS (
         lease_token = NULL,
         lease_expires_at = NULL
     FROM o, t
-    WHERE j.id = o.id AND j.lease_token = o.token AND j.state = 'running'
+    WHERE j.id = o.id AND j.lease_token = o.token AND j.state IS NOT DISTINCT FROM 'running'
     RETURNING j.id, o.token, j.queue, j.tenant, j.task, j.state
+),
+totals AS (
+    INSERT INTO job_totals AS c (queue, tenant, state, shard, n)
+    SELECT d.queue, d.tenant, d.state, pg_backend_pid() %% 8, count(*) FROM done AS d
+    WHERE d.state IN ('succeeded', 'dead', 'cancelled')
+    GROUP BY d.queue, d.tenant, d.state ORDER BY d.queue, d.tenant, d.state
+    ON CONFLICT (queue, tenant, state, shard) DO UPDATE SET n = c.n + excluded.n
 ),
 woken AS (
     SELECT pg_notify(%(chan)s, w.queue || ' ' || pg_current_xact_id())
@@ -160,6 +174,7 @@ SELECT d.id, d.token FROM done AS d WHERE (SELECT count(*) FROM woken) >= 0;
 -- Expired leases (lease_expires_at <= now): back to queued, dead when no attempt is
 -- left, cancelled when a cancel was requested; records the WorkerLost error. Found
 -- through jobs_running (running jobs are few). Returns how many were reaped.
+-- Dead and cancelled ones are counted into job_totals.
 WITH t AS (SELECT conveyor_now(%(now)s) AS now),
 reaped AS (
     UPDATE jobs AS j
@@ -187,7 +202,14 @@ reaped AS (
         FOR UPDATE OF r SKIP LOCKED
     )
     AND j.state = 'running' AND j.lease_expires_at <= t.now
-    RETURNING j.queue
+    RETURNING j.queue, j.tenant, j.state
+),
+totals AS (
+    INSERT INTO job_totals AS c (queue, tenant, state, shard, n)
+    SELECT r.queue, r.tenant, r.state, pg_backend_pid() %% 8, count(*) FROM reaped AS r
+    WHERE r.state IN ('dead', 'cancelled')
+    GROUP BY r.queue, r.tenant, r.state ORDER BY r.queue, r.tenant, r.state
+    ON CONFLICT (queue, tenant, state, shard) DO UPDATE SET n = c.n + excluded.n
 ),
 woken AS (
     SELECT pg_notify(%(chan)s, w.queue || ' ' || pg_current_xact_id())
@@ -214,15 +236,36 @@ WHERE state IN ('scheduled', 'retrying') AND queue = ANY (%(queues)s::text[]);
 
 
 -- name: purge_expired
--- Deletes at most %(limit)s finished jobs whose expires_at has passed.
-DELETE FROM jobs
-WHERE id IN (
-    SELECT e.id FROM jobs AS e
-    WHERE e.expires_at IS NOT NULL AND e.expires_at <= conveyor_now(%(now)s)
-      AND e.state IN ('succeeded', 'cancelled', 'dead')
-    ORDER BY e.expires_at
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
+-- Deletes at most %(limit)s finished jobs whose expires_at has passed (found through
+-- jobs_expiry), takes them off job_totals, and returns how many it deleted.
+WITH gone AS (
+    DELETE FROM jobs
+    WHERE id IN (
+        SELECT e.id FROM jobs AS e
+        WHERE e.expires_at IS NOT NULL AND e.expires_at <= conveyor_now(%(now)s)
+          AND e.state IN ('succeeded', 'cancelled', 'dead')
+        ORDER BY e.expires_at
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    )
+    RETURNING queue, tenant, state
+),
+totals AS (
+    INSERT INTO job_totals AS c (queue, tenant, state, shard, n)
+    SELECT g.queue, g.tenant, g.state, pg_backend_pid() %% 8, -count(*) FROM gone AS g
+    GROUP BY g.queue, g.tenant, g.state ORDER BY g.queue, g.tenant, g.state
+    ON CONFLICT (queue, tenant, state, shard) DO UPDATE SET n = c.n + excluded.n
+)
+SELECT count(*)::integer FROM gone;
+
+
+-- name: prune_totals
+-- Drops job_totals rows that sum to nothing: shards of a (queue, tenant, state) whose
+-- jobs were all purged, so the table does not grow with every tenant ever seen.
+DELETE FROM job_totals AS c
+WHERE (c.queue, c.tenant, c.state) IN (
+    SELECT z.queue, z.tenant, z.state FROM job_totals AS z
+    GROUP BY z.queue, z.tenant, z.state HAVING sum(z.n) = 0
 );
 
 
@@ -294,10 +337,16 @@ SELECT state, key, queue FROM jobs WHERE id = %(id)s FOR UPDATE;
 
 -- name: cancel_waiting
 -- scheduled/queued/retrying -> cancelled; the record expires result_ttl after now.
-UPDATE jobs
-SET state = 'cancelled', finished_at = conveyor_now(%(now)s),
-    expires_at = conveyor_now(%(now)s) + result_ttl
-WHERE id = %(id)s AND state IN ('scheduled', 'queued', 'retrying');
+WITH done AS (
+    UPDATE jobs
+    SET state = 'cancelled', finished_at = conveyor_now(%(now)s),
+        expires_at = conveyor_now(%(now)s) + result_ttl
+    WHERE id = %(id)s AND state IN ('scheduled', 'queued', 'retrying')
+    RETURNING queue, tenant
+)
+INSERT INTO job_totals AS c (queue, tenant, state, shard, n)
+SELECT d.queue, d.tenant, 'cancelled', pg_backend_pid() %% 8, 1 FROM done AS d
+ON CONFLICT (queue, tenant, state, shard) DO UPDATE SET n = c.n + excluded.n;
 
 
 -- name: request_cancel
@@ -314,6 +363,8 @@ WHERE key = %(key)s AND id <> %(id)s
 
 -- name: replay
 -- dead/cancelled -> queued with a fresh attempt budget; the error history is kept.
+-- %(old_state)s is the state lock_job read (the row stays locked until commit).
+WITH done AS (
 UPDATE jobs AS j
 SET state = 'queued',
     attempt = 0,
@@ -331,7 +382,12 @@ SET state = 'queued',
     cancel_requested = false,
     progress = NULL,
     progress_message = NULL
-WHERE j.id = %(id)s AND j.state IN ('dead', 'cancelled');
+WHERE j.id = %(id)s AND j.state = %(old_state)s AND j.state IN ('dead', 'cancelled')
+RETURNING j.queue, j.tenant
+)
+INSERT INTO job_totals AS c (queue, tenant, state, shard, n)
+SELECT d.queue, d.tenant, %(old_state)s, pg_backend_pid() %% 8, -1 FROM done AS d
+ON CONFLICT (queue, tenant, state, shard) DO UPDATE SET n = c.n + excluded.n;
 
 
 -- name: notify
@@ -361,15 +417,21 @@ WHERE state = 'queued' AND queue = %(queue)s;
 
 
 -- name: job_counts
--- Counts per (queue, tenant) and state, plus the oldest ready_at of queued jobs.
-SELECT queue, tenant,
-       count(*) FILTER (WHERE state = 'scheduled'), count(*) FILTER (WHERE state = 'queued'),
-       count(*) FILTER (WHERE state = 'running'), count(*) FILTER (WHERE state = 'retrying'),
-       count(*) FILTER (WHERE state = 'dead'), count(*) FILTER (WHERE state = 'succeeded'),
-       count(*) FILTER (WHERE state = 'cancelled'),
-       min(ready_at) FILTER (WHERE state = 'queued')
-FROM jobs
-GROUP BY queue, tenant;
+-- (queue, tenant, state, count, oldest ready_at of the queued ones). Active states are
+-- counted from their partial indexes (each branch's WHERE is an index predicate), so
+-- the cost follows the backlog; finished ones are summed from job_totals, so finished
+-- jobs, however many are kept, cost nothing here.
+SELECT queue, tenant, 'queued', count(*), min(ready_at) FROM jobs
+WHERE state = 'queued' GROUP BY queue, tenant
+UNION ALL
+SELECT queue, tenant, 'running', count(*), NULL FROM jobs
+WHERE state = 'running' GROUP BY queue, tenant
+UNION ALL
+SELECT queue, tenant, state, count(*), NULL FROM jobs
+WHERE state IN ('scheduled', 'retrying') GROUP BY queue, tenant, state
+UNION ALL
+SELECT queue, tenant, state, sum(n)::bigint, NULL FROM job_totals
+GROUP BY queue, tenant, state HAVING sum(n) <> 0;
 
 
 -- name: tenant_settings
