@@ -115,8 +115,13 @@ BEGIN
               AND NOT EXISTS (SELECT 1 FROM ready AS r WHERE r.tenant = t.tenant)
         ),
         woke AS (
+            -- (Only tenants not already active: the common case inserts nothing and
+            -- so skips ON CONFLICT's speculative insertion.)
             INSERT INTO tenants AS t (queue, tenant, vtime, active)
-            SELECT v_queue, r.tenant, v_vclock, true FROM ready AS r ORDER BY 2
+            SELECT v_queue, r.tenant, v_vclock, true FROM ready AS r
+            WHERE NOT EXISTS (SELECT 1 FROM tenants AS a
+                              WHERE a.queue = v_queue AND a.tenant = r.tenant AND a.active)
+            ORDER BY 2
             ON CONFLICT ON CONSTRAINT tenants_pkey DO UPDATE
             SET vtime = greatest(t.vtime, excluded.vtime), active = true
             WHERE NOT t.active
