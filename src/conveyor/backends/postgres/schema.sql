@@ -235,7 +235,10 @@ DECLARE
     v_pos integer;
     v_want integer;
     v_got integer;           -- jobs of the batch actually claimed
-    v_picked text[];
+    v_offered bigint[];      -- ... and how many jobs its tenant offered this round
+    v_round text[];          -- tenants a round took jobs from
+    v_full text[];           -- ... those of them whose every offered job it took
+    v_maybe text[];          -- tenants this claim may have emptied (see below)
     v_claimed integer := 0;
     v_rounds integer;
 BEGIN
@@ -316,7 +319,7 @@ BEGIN
         SELECT count(*) INTO v_ready FROM ready;
         CONTINUE WHEN v_ready = 0;
 
-        v_picked := '{}';
+        v_maybe := '{}';
         v_rounds := 0;
         WHILE v_claimed < p_limit AND v_rounds <= p_limit LOOP
             v_rounds := v_rounds + 1;
@@ -324,10 +327,12 @@ BEGIN
             SELECT coalesce(array_agg(c.id ORDER BY c.ord), '{}'),
                    coalesce(array_agg(c.tenant ORDER BY c.ord), '{}'),
                    coalesce(array_agg(c.task ORDER BY c.ord), '{}'),
-                   coalesce(array_agg(c.vt ORDER BY c.ord), '{}')
-            INTO v_ids, v_tenants, v_tasks, v_vtimes
+                   coalesce(array_agg(c.vt ORDER BY c.ord), '{}'),
+                   coalesce(array_agg(c.offered ORDER BY c.ord), '{}')
+            INTO v_ids, v_tenants, v_tasks, v_vtimes, v_offered
             FROM (
                 SELECT h.id, h.task, t.tenant, t.vtime + (h.k - 1) / t.weight AS vt,
+                       count(*) OVER (PARTITION BY t.tenant) AS offered,
                        row_number() OVER (
                            ORDER BY h.priority, t.vtime + (h.k - 1) / t.weight, t.tenant, h.k
                        ) AS ord
@@ -339,8 +344,10 @@ BEGIN
                     WHERE j.state = 'queued' AND j.queue = v_queue AND j.tenant = t.tenant
                       AND j.task <> ALL (v_capped)
                     ORDER BY j.priority, j.id
-                    LIMIT CASE WHEN t.max_running IS NULL THEN v_want
-                               ELSE least(v_want, greatest(0, t.max_running - (
+                    -- One more than could be taken: a tenant that offers it still has
+                    -- a ready job after this claim, which spares a probe at the end.
+                    LIMIT CASE WHEN t.max_running IS NULL THEN v_want + 1
+                               ELSE least(v_want + 1, greatest(0, t.max_running - (
                                    SELECT count(*) FROM jobs AS r
                                    WHERE r.state = 'running' AND r.queue = v_queue
                                      AND r.tenant = t.tenant)))
@@ -411,7 +418,18 @@ BEGIN
             FROM o ORDER BY o.ord;
             GET DIAGNOSTICS v_got = ROW_COUNT;
 
-            v_picked := v_picked || v_tenants[1:v_take];
+            -- A tenant that offered a job this round did not take keeps it queued; only
+            -- one whose every offered job was taken may have run out.
+            SELECT coalesce(array_agg(u.tenant), '{}'),
+                   coalesce(array_agg(u.tenant) FILTER (WHERE u.taken >= u.offered), '{}')
+            INTO v_round, v_full
+            FROM (SELECT b.tenant, count(*) AS taken, max(b.offered) AS offered
+                  FROM unnest(v_tenants[1:v_take], v_offered[1:v_take]) AS b(tenant, offered)
+                  GROUP BY b.tenant) AS u;
+            IF v_rounds > 1 THEN  -- a later round decides again for the tenants it took from
+                v_maybe := ARRAY(SELECT m FROM unnest(v_maybe) AS m WHERE m <> ALL (v_round));
+            END IF;
+            v_maybe := v_maybe || v_full;
             v_claimed := v_claimed + v_got;
             IF v_capping THEN
                 SELECT coalesce(array_agg(c.task), '{}') INTO v_capped
@@ -424,11 +442,14 @@ BEGIN
         END LOOP;
 
         -- A tenant this claim emptied is idle from now on: when it gets work again, the
-        -- next claim restarts it at the queue's clock.
+        -- next claim restarts it at the queue's clock. Only tenants that may have run
+        -- out are probed: each probe walks the index entries that claimed jobs left at
+        -- the head of the tenant's range until vacuum removes them.
         -- (A scalar subquery with LIMIT, not NOT EXISTS: the latter may get a generic
         -- plan that hashes every ready job instead of probing jobs_ready per tenant.)
+        CONTINUE WHEN cardinality(v_maybe) = 0;
         UPDATE tenants AS t SET active = false
-        WHERE t.queue = v_queue AND t.active AND t.tenant = ANY (v_picked)
+        WHERE t.queue = v_queue AND t.active AND t.tenant = ANY (v_maybe)
           AND (SELECT j.id FROM jobs AS j
                WHERE j.state = 'queued' AND j.queue = v_queue AND j.tenant = t.tenant
                ORDER BY j.tenant LIMIT 1) IS NULL;
