@@ -107,6 +107,28 @@ async def test_totals_follow_every_transition(open_pg: OpenPG) -> None:
     assert set(left) <= {"dead"}
 
 
+async def test_totals_follow_workflow_settling(open_pg: OpenPG) -> None:
+    """Dependents cancelled by the settle trigger, a job enqueued after a parent that
+    already failed (cancelled by conveyor_link), and a blocked job cancelled by hand."""
+    backend = await open_pg()
+    parent = new_job(tenant="a", max_attempts=1)
+    await backend.enqueue([parent])
+    children = [new_job(tenant=t, after=(parent.id,)) for t in ("a", "b", None)]
+    await backend.enqueue(children)
+    spare = new_job(tenant="b", after=(parent.id,))
+    await backend.enqueue([spare])
+    assert await backend.cancel(spare.id) is JobState.CANCELLED  # blocked -> cancelled
+    await _check(backend)
+    (claimed,) = await backend.claim(["default"], 1, worker="w", lease=30.0)
+    assert await backend.finish([_outcome(claimed, OutcomeKind.DEAD)]) == [True]
+    await _check(backend)  # the three children were cancelled by the trigger
+    late = new_job(tenant="a", after=(parent.id,))
+    await backend.enqueue([late])  # its parent is dead already: cancelled at once
+    info = await backend.get(late.id)
+    assert info is not None and info.state is JobState.CANCELLED
+    await _check(backend)
+
+
 async def test_migration_counts_the_finished_jobs_already_stored(open_pg: OpenPG) -> None:
     backend = await open_pg()
     await backend.enqueue([new_job(tenant="a") for _ in range(5)])
@@ -116,8 +138,14 @@ async def test_migration_counts_the_finished_jobs_already_stored(open_pg: OpenPG
     schema = sql.Identifier(backend.schema)
     migration = next(text for v, _, text in _migrations() if v == 4)
     async with await psycopg.AsyncConnection.connect(POSTGRES_URL, autocommit=True) as conn:
-        # Back to just before 0004: no totals table, as a store made by an older version.
-        await conn.execute(sql.SQL("DROP TABLE {}.job_totals").format(schema))
+        # Back to just before 0004, as a store made by an older version.
+        for undo in (
+            "DROP TRIGGER jobs_count_finished ON {}.jobs",
+            "DROP FUNCTION {}.conveyor_count_finished()",
+            "DROP INDEX {}.jobs_blocked",
+            "DROP TABLE {}.job_totals",
+        ):
+            await conn.execute(sql.SQL(undo).format(schema))
         async with conn.transaction():
             await conn.execute(sql.SQL("SET LOCAL search_path = {}").format(schema))
             await conn.execute(migration.encode())

@@ -10,9 +10,10 @@
 --   %(chan)s  the store's NOTIFY channel, conveyor_<schema>; the payload is
 --             "<queue> <id of the notifying transaction>".
 --
--- Finished-job totals: a statement that moves jobs into or out of succeeded, dead or
--- cancelled, or deletes such jobs, adds the change to job_totals in the same statement
--- (row of shard pg_backend_pid() % 8; rows locked in key order, after the job rows).
+-- Finished-job totals (job_totals, see schema.sql): finish and reap add the jobs they
+-- move from running to succeeded or dead, purge subtracts the jobs it deletes, each in
+-- the same statement, on rows of their own connection (shard = pg_backend_pid()); the
+-- jobs_count_finished trigger counts every other change into or out of a finished state.
 --
 -- Statements marked "qualified" name their tables as {schema}.table: they also run on a
 -- caller's own connection (transactional enqueue), whose search_path is the caller's.
@@ -61,7 +62,7 @@ RETURNING id;
 -- qualified. %(keys)s -> (key, id) of the active jobs holding those dedup keys.
 SELECT key, id FROM {schema}.jobs
 WHERE key = ANY (%(keys)s::text[])
-  AND state IN ('scheduled', 'queued', 'running', 'retrying');
+  AND state IN ('scheduled', 'queued', 'running', 'retrying', 'blocked');
 
 
 -- name: claim
@@ -105,7 +106,8 @@ WHERE id = %(id)s AND lease_token = %(token)s AND state = 'running';
 -- cap that this instance's claims know of) or of a tenant with max_running freed up.
 -- Plain completions notify nobody: a busy worker claims again as soon as a slot frees,
 -- and a NOTIFY per finish costs every listener a wake-up for nothing.
--- Finished jobs are counted into job_totals.
+-- Jobs that end succeeded or dead are counted into job_totals here (cancelled ones by
+-- the jobs_count_finished trigger).
 WITH t AS (SELECT conveyor_now(%(now)s) AS now),
 o AS (
     SELECT * FROM unnest(
@@ -151,8 +153,8 @@ done AS (
 ),
 totals AS (
     INSERT INTO job_totals AS c (queue, tenant, state, shard, n)
-    SELECT d.queue, d.tenant, d.state, pg_backend_pid() %% 8, count(*) FROM done AS d
-    WHERE d.state IN ('succeeded', 'dead', 'cancelled')
+    SELECT d.queue, d.tenant, d.state, pg_backend_pid(), count(*) FROM done AS d
+    WHERE d.state IN ('succeeded', 'dead')
     GROUP BY d.queue, d.tenant, d.state ORDER BY d.queue, d.tenant, d.state
     ON CONFLICT (queue, tenant, state, shard) DO UPDATE SET n = c.n + excluded.n
 ),
@@ -174,7 +176,7 @@ SELECT d.id, d.token FROM done AS d WHERE (SELECT count(*) FROM woken) >= 0;
 -- Expired leases (lease_expires_at <= now): back to queued, dead when no attempt is
 -- left, cancelled when a cancel was requested; records the WorkerLost error. Found
 -- through jobs_running (running jobs are few). Returns how many were reaped.
--- Dead and cancelled ones are counted into job_totals.
+-- Dead ones are counted into job_totals here (cancelled ones by the trigger).
 WITH t AS (SELECT conveyor_now(%(now)s) AS now),
 reaped AS (
     UPDATE jobs AS j
@@ -206,8 +208,8 @@ reaped AS (
 ),
 totals AS (
     INSERT INTO job_totals AS c (queue, tenant, state, shard, n)
-    SELECT r.queue, r.tenant, r.state, pg_backend_pid() %% 8, count(*) FROM reaped AS r
-    WHERE r.state IN ('dead', 'cancelled')
+    SELECT r.queue, r.tenant, r.state, pg_backend_pid(), count(*) FROM reaped AS r
+    WHERE r.state = 'dead'
     GROUP BY r.queue, r.tenant, r.state ORDER BY r.queue, r.tenant, r.state
     ON CONFLICT (queue, tenant, state, shard) DO UPDATE SET n = c.n + excluded.n
 ),
@@ -252,21 +254,32 @@ WITH gone AS (
 ),
 totals AS (
     INSERT INTO job_totals AS c (queue, tenant, state, shard, n)
-    SELECT g.queue, g.tenant, g.state, pg_backend_pid() %% 8, -count(*) FROM gone AS g
+    SELECT g.queue, g.tenant, g.state, pg_backend_pid(), -count(*) FROM gone AS g
     GROUP BY g.queue, g.tenant, g.state ORDER BY g.queue, g.tenant, g.state
     ON CONFLICT (queue, tenant, state, shard) DO UPDATE SET n = c.n + excluded.n
 )
 SELECT count(*)::integer FROM gone;
 
 
+-- name: fold_totals
+-- Folds the per-connection rows of job_totals into shard 0 (which no connection writes)
+-- so the table stays about one row per (queue, tenant, state). Rows a running
+-- transaction holds are skipped: folding never waits, they are folded next time.
+WITH gone AS (
+    DELETE FROM job_totals AS c
+    WHERE c.ctid IN (SELECT z.ctid FROM job_totals AS z WHERE z.shard <> 0
+                     FOR UPDATE SKIP LOCKED)
+    RETURNING c.queue, c.tenant, c.state, c.n
+)
+INSERT INTO job_totals AS c (queue, tenant, state, shard, n)
+SELECT g.queue, g.tenant, g.state, 0, sum(g.n) FROM gone AS g
+GROUP BY g.queue, g.tenant, g.state ORDER BY g.queue, g.tenant, g.state
+ON CONFLICT (queue, tenant, state, shard) DO UPDATE SET n = c.n + excluded.n;
+
+
 -- name: prune_totals
--- Drops job_totals rows that sum to nothing: shards of a (queue, tenant, state) whose
--- jobs were all purged, so the table does not grow with every tenant ever seen.
-DELETE FROM job_totals AS c
-WHERE (c.queue, c.tenant, c.state) IN (
-    SELECT z.queue, z.tenant, z.state FROM job_totals AS z
-    GROUP BY z.queue, z.tenant, z.state HAVING sum(z.n) = 0
-);
+-- Then drops the folded rows that sum to nothing (all those jobs were purged).
+DELETE FROM job_totals WHERE shard = 0 AND n = 0;
 
 
 -- name: prune_tenants
@@ -336,17 +349,12 @@ SELECT state, key, queue FROM jobs WHERE id = %(id)s FOR UPDATE;
 
 
 -- name: cancel_waiting
--- scheduled/queued/retrying -> cancelled; the record expires result_ttl after now.
-WITH done AS (
-    UPDATE jobs
-    SET state = 'cancelled', finished_at = conveyor_now(%(now)s),
-        expires_at = conveyor_now(%(now)s) + result_ttl
-    WHERE id = %(id)s AND state IN ('scheduled', 'queued', 'retrying')
-    RETURNING queue, tenant
-)
-INSERT INTO job_totals AS c (queue, tenant, state, shard, n)
-SELECT d.queue, d.tenant, 'cancelled', pg_backend_pid() %% 8, 1 FROM done AS d
-ON CONFLICT (queue, tenant, state, shard) DO UPDATE SET n = c.n + excluded.n;
+-- scheduled/queued/retrying/blocked -> cancelled; the record expires result_ttl after
+-- now. Jobs waiting for this one are settled by the jobs_settle_dependents trigger.
+UPDATE jobs
+SET state = 'cancelled', finished_at = conveyor_now(%(now)s),
+    expires_at = conveyor_now(%(now)s) + result_ttl
+WHERE id = %(id)s AND state IN ('scheduled', 'queued', 'retrying', 'blocked');
 
 
 -- name: request_cancel
@@ -358,13 +366,11 @@ UPDATE jobs SET cancel_requested = true WHERE id = %(id)s AND state = 'running';
 -- Is dedup %(key)s held by an active job other than %(id)s?
 SELECT id FROM jobs
 WHERE key = %(key)s AND id <> %(id)s
-  AND state IN ('scheduled', 'queued', 'running', 'retrying');
+  AND state IN ('scheduled', 'queued', 'running', 'retrying', 'blocked');
 
 
 -- name: replay
 -- dead/cancelled -> queued with a fresh attempt budget; the error history is kept.
--- %(old_state)s is the state lock_job read (the row stays locked until commit).
-WITH done AS (
 UPDATE jobs AS j
 SET state = 'queued',
     attempt = 0,
@@ -382,12 +388,7 @@ SET state = 'queued',
     cancel_requested = false,
     progress = NULL,
     progress_message = NULL
-WHERE j.id = %(id)s AND j.state = %(old_state)s AND j.state IN ('dead', 'cancelled')
-RETURNING j.queue, j.tenant
-)
-INSERT INTO job_totals AS c (queue, tenant, state, shard, n)
-SELECT d.queue, d.tenant, %(old_state)s, pg_backend_pid() %% 8, -1 FROM done AS d
-ON CONFLICT (queue, tenant, state, shard) DO UPDATE SET n = c.n + excluded.n;
+WHERE j.id = %(id)s AND j.state IN ('dead', 'cancelled');
 
 
 -- name: notify
@@ -429,6 +430,9 @@ WHERE state = 'running' GROUP BY queue, tenant
 UNION ALL
 SELECT queue, tenant, state, count(*), NULL FROM jobs
 WHERE state IN ('scheduled', 'retrying') GROUP BY queue, tenant, state
+UNION ALL
+SELECT queue, tenant, 'blocked', count(*), NULL FROM jobs
+WHERE state = 'blocked' GROUP BY queue, tenant
 UNION ALL
 SELECT queue, tenant, state, sum(n)::bigint, NULL FROM job_totals
 GROUP BY queue, tenant, state HAVING sum(n) <> 0;

@@ -5,6 +5,9 @@
   refuses such a server unless the URL says ``?allow_eviction=1``.
 * With neither AOF nor RDB snapshots, a restart loses every job. That is a legitimate
   choice (tests, caches of work that can be recreated), so it is only a warning.
+
+On a Redis Cluster every node is checked, replicas included: a store lives on the node
+that owns its slot, and a failover or a resharding can move it to any other.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 from conveyor.errors import ConveyorError
@@ -24,17 +28,17 @@ class UnsafeServerError(ConveyorError):
     """The Redis server is configured in a way that can silently lose jobs."""
 
 
-async def server_settings(client: Any) -> dict[str, str]:
+async def server_settings(client: Any, **route: Any) -> dict[str, str]:
     """maxmemory-policy, appendonly and save, from CONFIG or (where CONFIG is disabled,
-    as on some managed services) from INFO."""
+    as on some managed services) from INFO. ``route`` is ``target_nodes=`` on a cluster."""
     try:
         settings: dict[str, str] = {}
         for name in ("maxmemory-policy", "appendonly", "save"):
-            settings.update(await client.config_get(name))
+            settings.update(await client.config_get(name, **route))
         return settings
     except ResponseError:
-        info = await client.info("memory")
-        info.update(await client.info("persistence"))
+        info = await client.info("memory", **route)
+        info.update(await client.info("persistence", **route))
         return {
             "maxmemory-policy": str(info.get("maxmemory_policy", "noeviction")),
             "appendonly": "yes" if int(info.get("aof_enabled", 0)) else "no",
@@ -44,7 +48,16 @@ async def server_settings(client: Any) -> dict[str, str]:
 
 
 async def check_server(client: Any, where: str, *, allow_eviction: bool) -> None:
-    settings = await server_settings(client)
+    if not isinstance(client, RedisCluster):
+        _check_one(await server_settings(client), where, allow_eviction=allow_eviction)
+        return
+    await client.initialize()  # learns the nodes; a no-op when already connected
+    for node in client.get_nodes():
+        settings = await server_settings(client, target_nodes=node)
+        _check_one(settings, f"cluster node {node.name}", allow_eviction=allow_eviction)
+
+
+def _check_one(settings: dict[str, str], where: str, *, allow_eviction: bool) -> None:
     policy = settings.get("maxmemory-policy", "noeviction")
     if policy != "noeviction":
         message = (

@@ -28,22 +28,22 @@ from collections.abc import Mapping, Sequence
 from secrets import token_hex
 from typing import Any
 
-import redis.asyncio as aioredis
 import redis.exceptions as rexc
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from conveyor.backends.base import (
     Backend,
     Capabilities,
     ClaimedJob,
     Clock,
+    DependencyNotFound,
     HeartbeatReply,
     Lease,
     NewJob,
     Outcome,
     QueueStats,
+    RateBucket,
 )
+from conveyor.backends.redis._client import make_client, store_time
 from conveyor.backends.redis._records import (
     STATES,
     claimed_from_reply,
@@ -71,7 +71,8 @@ def _num(value: float | None) -> str:
 
 
 class RedisBackend(Backend):
-    """``redis://host:port/db[?prefix=conveyor&allow_eviction=0]``, also ``rediss://``."""
+    """``redis://host:port/db[?prefix=conveyor&allow_eviction=0]``, also ``rediss://``;
+    ``redis://host:port?cluster=1`` for a Redis Cluster (see ``_url.py``)."""
 
     capabilities = Capabilities(push_wakeups=True, multi_host=True, transactional_enqueue=False)
     transient_errors: tuple[type[BaseException], ...] = (
@@ -79,6 +80,11 @@ class RedisBackend(Backend):
         rexc.TimeoutError,
         rexc.ReadOnlyError,  # a replica promoted or demoted under us
         rexc.TryAgainError,
+        # Redis Cluster: a failover in progress (ClusterDownError, MasterDownError), or
+        # the client cannot learn the slot map ("Redis Cluster cannot be connected" when
+        # every node is down, SlotNotCoveredError): all pass once the cluster is back.
+        rexc.ClusterDownError,
+        rexc.RedisClusterException,
         ConnectionError,
         TimeoutError,
     )
@@ -111,18 +117,7 @@ class RedisBackend(Backend):
     async def open(self) -> None:
         if self._client is not None:
             return
-        client = aioredis.Redis.from_url(
-            self.options.client_url,
-            decode_responses=True,
-            retry=Retry(NoBackoff(), 0),
-            # No per-command socket timeout: on Python 3.11 redis-py enforces it with
-            # asyncio.wait_for, which can swallow a task's cancellation (a worker then
-            # never stops). Dead peers are found by TCP keepalive and health checks.
-            socket_timeout=None,
-            socket_connect_timeout=5.0,
-            socket_keepalive=True,
-            health_check_interval=15,
-        )
+        client = make_client(self.options)
         try:
             await check_server(
                 client, self.options.where, allow_eviction=self.options.allow_eviction
@@ -147,7 +142,7 @@ class RedisBackend(Backend):
     async def now(self) -> float:
         if self.clock is not None:
             return float(self.clock())
-        seconds, micros = await self._client.time()
+        seconds, micros = await store_time(self._client, self.keys.route)
         return float(seconds) + float(micros) / 1e6
 
     # -- producers -------------------------------------------------------------------
@@ -174,6 +169,9 @@ class RedisBackend(Backend):
                 job.key or "",
                 _num(job.delay) if job.delay else "",
                 _num(job.run_at),
+                json.dumps(list(job.after)) if job.after else "",
+                job.after_policy,
+                _num(job.unique_for),
             )
             for job in jobs
         ]
@@ -183,7 +181,13 @@ class RedisBackend(Backend):
             json.dumps([(name, self.keys.queue(name)) for name in queues]),
             json.dumps(rows, ensure_ascii=False),
         ]
-        ids: list[str] = await self._s.enqueue(keys=[self.keys.route], args=args)
+        try:
+            ids: list[str] = await self._s.enqueue(keys=[self.keys.route], args=args)
+        except rexc.ResponseError as exc:
+            missing = str(exc).partition("DependencyNotFound ")[2]
+            if missing:
+                raise DependencyNotFound(missing.strip()) from None
+            raise
         if self._wake is not None:
             self._wake.flag.set()  # our own listener may not be subscribed to these queues
         return ids
@@ -251,6 +255,15 @@ class RedisBackend(Backend):
             )
         reply: list[int] = await self._s.finish(keys=[self.keys.route], args=args)
         return [bool(x) for x in reply]
+
+    async def take_rate(self, lease: Lease, buckets: Sequence[RateBucket]) -> float:
+        if not buckets:
+            return 0.0
+        args: list[str] = [self._now_arg(), self.keys.store, lease.id, lease.token]
+        for b in buckets:
+            args += [b.name, str(b.limit), _num(b.period)]
+        reply = await self._s.rate(keys=[self.keys.route], args=args)
+        return float(reply)
 
     async def progress(self, lease: Lease, fraction: float | None, message: str | None) -> bool:
         args = [
@@ -322,6 +335,15 @@ class RedisBackend(Backend):
     async def get(self, job_id: str) -> Job | None:
         fields = await self._client.hgetall(self.keys.job(job_id))
         return job_from_hash(fields) if fields else None
+
+    async def get_many(self, job_ids: Sequence[str]) -> list[Job | None]:
+        if not job_ids:
+            return []
+        async with self._client.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hgetall(self.keys.job(job_id))
+            replies = await pipe.execute()
+        return [job_from_hash(fields) if fields else None for fields in replies]
 
     async def query(
         self,

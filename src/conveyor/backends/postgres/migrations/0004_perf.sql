@@ -2,7 +2,8 @@
 --
 -- * job_totals: counts of finished jobs per (queue, tenant, state), so that stats()
 --   reads a few rows instead of counting every finished job; filled here from the jobs
---   already stored.
+--   already stored; kept by finish, reap, purge and the jobs_count_finished trigger.
+-- * jobs_blocked: stats() counts blocked jobs from it.
 -- * conveyor_claim: fewer statements per claim; the batch UPDATE finds its rows by
 --   primary key whatever the statistics say; the claim commits synchronously.
 
@@ -10,7 +11,7 @@ CREATE TABLE job_totals (
     queue   text COLLATE "C" NOT NULL,
     tenant  text COLLATE "C" NOT NULL,
     state   text COLLATE "C" NOT NULL CHECK (state IN ('succeeded', 'dead', 'cancelled')),
-    shard   integer NOT NULL,   -- pg_backend_pid() % 8 of the writer; a shard may go negative
+    shard   integer NOT NULL,   -- the writer's pg_backend_pid(), 0 once folded; may be < 0
     n       bigint NOT NULL,
     PRIMARY KEY (queue, tenant, state, shard)
 );
@@ -21,6 +22,38 @@ INSERT INTO job_totals (queue, tenant, state, shard, n)
 SELECT queue, tenant, state, 0, count(*) FROM jobs
 WHERE state IN ('succeeded', 'dead', 'cancelled')
 GROUP BY queue, tenant, state;
+
+CREATE INDEX jobs_blocked ON jobs (queue, tenant) WHERE state = 'blocked';
+
+-- Counts into job_totals every change into or out of a finished state (succeeded, dead,
+-- cancelled) that finish and reap do not count themselves: those two count their
+-- running -> succeeded / dead moves in bulk, in their own statement (one row per batch
+-- instead of one trigger call per job). A job that leaves a finished state (replay)
+-- is taken off its old state's total.
+CREATE FUNCTION conveyor_count_finished() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF OLD.state IN ('succeeded', 'dead', 'cancelled') THEN
+        INSERT INTO job_totals AS c (queue, tenant, state, shard, n)
+        VALUES (OLD.queue, OLD.tenant, OLD.state, pg_backend_pid(), -1)
+        ON CONFLICT (queue, tenant, state, shard) DO UPDATE SET n = c.n + excluded.n;
+    END IF;
+    IF NEW.state IN ('succeeded', 'dead', 'cancelled') THEN
+        INSERT INTO job_totals AS c (queue, tenant, state, shard, n)
+        VALUES (NEW.queue, NEW.tenant, NEW.state, pg_backend_pid(), 1)
+        ON CONFLICT (queue, tenant, state, shard) DO UPDATE SET n = c.n + excluded.n;
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER jobs_count_finished AFTER UPDATE OF state ON jobs
+FOR EACH ROW
+WHEN (OLD.state IS DISTINCT FROM NEW.state
+      AND (OLD.state IN ('succeeded', 'dead', 'cancelled')
+           OR NEW.state IN ('succeeded', 'dead', 'cancelled'))
+      AND NOT (OLD.state = 'running' AND NEW.state IN ('succeeded', 'dead')))
+EXECUTE FUNCTION conveyor_count_finished();
 
 CREATE OR REPLACE FUNCTION conveyor_claim(
     p_queues text[], p_limit integer, p_cap_tasks text[], p_cap_limits integer[],
