@@ -31,6 +31,7 @@ from conveyor.backends.base import Backend, ClaimedJob, Lease, Outcome, OutcomeK
 from conveyor.context import JobContext
 from conveyor.job import from_timestamp
 from conveyor.scheduler import Scheduler
+from conveyor.worker import presence
 from conveyor.worker.runner import run_attempt
 from conveyor.worker.threads import DaemonThreadPool
 
@@ -110,6 +111,8 @@ class Worker:
         self.processed = 0
         self._running: dict[str, _Attempt] = {}
         self._pending: list[Outcome] = []
+        #: Jobs whose pending outcome has listeners or webhooks to tell (notify.py).
+        self._announce: dict[str, ClaimedJob] = {}
         self._progress: dict[str, _Attempt] = {}
         self._progress_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -129,6 +132,10 @@ class Worker:
         loop = self._loop
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self._request_stop)
+
+    @property
+    def running_count(self) -> int:
+        return len(self._running)
 
     @property
     def exit_code(self) -> int | None:
@@ -151,6 +158,7 @@ class Worker:
             asyncio.create_task(self._supervised(self._heartbeat_loop, "heartbeat")),
             asyncio.create_task(self._supervised(self._flush_loop, "flush")),
             asyncio.create_task(self._supervised(self._maintenance_loop, "maintenance")),
+            asyncio.create_task(presence.presence_loop(self, self._backend)),
         ]
         try:
             await self._claim_loop(burst)
@@ -163,6 +171,7 @@ class Worker:
                 await self._flush()
             with contextlib.suppress(Exception):
                 await self._backend.unlock(_MAINTENANCE_LOCK, self.id)
+            await presence.leave(self, self._backend)
             for sig in installed:
                 self._loop.remove_signal_handler(sig)
             self._executor.shutdown(wait=False, cancel_futures=True)
@@ -345,6 +354,8 @@ class Worker:
             else:
                 outcome = attempt.task.result()
         if outcome is not None:
+            if self.app.notifier.wants(job, outcome):  # announced once the store accepts
+                self._announce[job.id] = job
             self._pending.append(outcome)
             self.processed += 1
             self._flush_now.set()
@@ -429,13 +440,19 @@ class Worker:
                 self._pending[:0] = batch  # keep them; the store is having a moment
                 await self._sleep(0.2)
                 return
+            announce = []
             for outcome, ok in zip(batch, accepted, strict=True):
+                job = self._announce.pop(outcome.id, None)
+                if ok and job is not None:
+                    announce.append((job, outcome))
                 if not ok:
                     log.warning(
                         "job %s: %s rejected: the lease is no longer ours (fencing)",
                         outcome.id,
                         outcome.kind.value,
                     )
+            if announce:
+                await self.app.notifier.emit(backend, announce)
 
     async def _flush_loop(self) -> None:
         while True:

@@ -32,6 +32,7 @@ import json
 import math
 import random
 from collections.abc import AsyncIterator, Mapping, Sequence
+from importlib.resources import files
 from typing import Any
 
 import psycopg
@@ -577,6 +578,22 @@ class PostgresBackend(Backend):
             settings = await cur.fetchall()
         return build_stats(counts, settings, float(now_row[0]))
 
+    # -- records: small JSON documents (API tokens, ...); statements in records.sql ----
+    async def put_record(self, kind: str, key: str, value_json: str) -> None:
+        params = {"kind": kind, "key": key, "value": value_json, "now": self._now()}
+        await self._rowcount(_RECORDS["put_record"], params)
+
+    async def get_record(self, kind: str, key: str) -> str | None:
+        rows = await self._rows(_RECORDS["get_record"], {"kind": kind, "key": key})
+        return str(rows[0][0]) if rows else None
+
+    async def list_records(self, kind: str) -> list[tuple[str, str]]:
+        rows = await self._rows(_RECORDS["list_records"], {"kind": kind})
+        return [(str(k), str(v)) for k, v in rows]
+
+    async def delete_record(self, kind: str, key: str) -> bool:
+        return await self._rowcount(_RECORDS["delete_record"], {"kind": kind, "key": key}) > 0
+
 
 #: The columns of a ``build_stats`` counts row, after (queue, tenant).
 _COUNT_COLUMNS = ("scheduled", "queued", "running", "retrying", "dead", "succeeded", "cancelled")
@@ -624,3 +641,8 @@ def _key_taken(job_id: str, key: str, holder: str) -> InvalidTransition:
         f"cannot replay job {job_id}: its dedup key {key!r} is held by active job "
         f"{holder}; wait for that job to finish or cancel it first"
     )
+
+
+_RECORDS = _sql.parse_named(
+    files("conveyor.backends.postgres").joinpath("records.sql").read_text(encoding="utf-8")
+)

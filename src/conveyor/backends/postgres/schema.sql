@@ -724,6 +724,15 @@ BEGIN
 END
 $$;
 
+-- Small JSON documents that are not jobs (API tokens, ...): see records.sql.
+CREATE TABLE records (
+    kind       text COLLATE "C" NOT NULL,
+    key        text COLLATE "C" NOT NULL,
+    value      text NOT NULL,
+    updated_at double precision NOT NULL,
+    PRIMARY KEY (kind, key)
+);
+
 -- Counts into job_totals every change into or out of a finished state (succeeded, dead,
 -- cancelled) that finish and reap do not count themselves: those two count their
 -- running -> succeeded / dead moves in bulk, in their own statement (one row per batch
