@@ -48,7 +48,7 @@ class App(WorkflowMixin, ExternalMixin):
         queue: str = "default",
         priority: int = 5,
         max_attempts: int = 3,
-        result_ttl: float | None = 86400.0,
+        result_ttl: float | None = 7 * 86400.0,
         timeout: float | None = None,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         clock: Clock | None = None,

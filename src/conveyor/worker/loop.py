@@ -50,6 +50,9 @@ _MAINTENANCE_LOCK = "conveyor:maintenance"
 _PURGE_EVERY = 60.0
 _FLUSH_BATCH = 256
 _FLUSH_WINDOW = 0.002  # seconds to gather more outcomes before a flush
+#: Floor of the time a store call may take before the worker gives up on it (see
+#: ``Worker._call``): one lease, but never less than this.
+_MIN_CALL_TIMEOUT = 5.0
 
 StopReason = Literal["cancel", "lost", "release"]
 
@@ -104,6 +107,7 @@ class Worker:
         self.id = name or f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(3)}"
         self.poll_interval = poll_interval
         self.maintenance_interval = maintenance_interval
+        self._call_timeout = max(self.lease, _MIN_CALL_TIMEOUT)
         self._scheduler = Scheduler(app)
         #: In a supervised process: exit (and be replaced) when a sync task overruns its
         #: timeout. In-process (tests, notebooks) the stuck thread is abandoned instead.
@@ -229,10 +233,27 @@ class Worker:
             self._die(exc)
 
     async def _call(self, what: str, make: Callable[[], Awaitable[T]]) -> T | None:
-        """Run a backend call; a transient store error is logged and yields None."""
+        """Run a backend call; a transient store error is logged and yields None.
+
+        So is a call unanswered after one lease (at least ``_MIN_CALL_TIMEOUT``): no
+        answer is of use to the worker that late, and a connection that went silent for
+        good (a middlebox that forgot it; no reset ever comes) would otherwise hold the
+        loop until TCP gives up, or forever. Cancelling the call drops its connection
+        (redis-py disconnects, the pool discards a connection left mid-query); like a
+        reply lost to a reset, a call the store did run is then settled by leases and
+        fencing."""
         assert self._backend is not None
         try:
-            return await make()
+            async with asyncio.timeout(self._call_timeout):
+                return await make()
+        except TimeoutError:
+            log.warning(
+                "worker %s: %s got no answer in %.0f s; will retry",
+                self.id,
+                what,
+                self._call_timeout,
+            )
+            return None
         except self._backend.transient_errors as exc:
             log.warning("worker %s: %s failed (%s); will retry", self.id, what, exc)
             return None
@@ -293,7 +314,12 @@ class Worker:
                 asyncio.ensure_future(self._backend.wait_for_work(self.queues, self.poll_interval))
             )
         try:
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            # Bounded like a store call: waiting for work may query the store too.
+            await asyncio.wait(
+                waits,
+                timeout=self.poll_interval + self._call_timeout,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
         finally:
             for w in waits:
                 w.cancel()

@@ -1,4 +1,4 @@
--- Migration 0004 (external completion): the state 'waiting' (a job handed to an outside
+-- Migration 0005 (external completion): the state 'waiting' (a job handed to an outside
 -- service by conveyor.Await), its completion token and deadline, and the index the
 -- expiry of overdue waiting jobs reads. See schema.sql and external.sql.
 --
