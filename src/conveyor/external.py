@@ -69,6 +69,15 @@ async def complete(app: App, backend: Backend, job_id: str, token: str, outcome:
     """Apply ``outcome`` with the token; raise ``CompletionRefused`` unless applied, then
     announce it like a worker would."""
     reply = await backend.complete_external(outcome)
+    if reply is ExternalReply.UNKNOWN:
+        # A quick service may answer before the worker has parked the job: while the
+        # attempt still holds the lease, its token completes it like the task's own
+        # outcome (the worker's park is then fenced off). The park moves the job from
+        # running to waiting once per token, so waiting / running / waiting covers it.
+        if (await backend.finish([outcome]))[0]:
+            reply = ExternalReply.APPLIED
+        else:
+            reply = await backend.complete_external(outcome)
     if reply is not ExternalReply.APPLIED:
         raise CompletionRefused(job_id, reply.value)
     job = await backend.get(job_id)

@@ -479,7 +479,9 @@ class Worker:
                 job = self._announce.pop(outcome.id, None)
                 if ok and job is not None:
                     announce.append((job, outcome))
-                if not ok:
+                if not ok and outcome.kind is OutcomeKind.PARKED:
+                    log.info("job %s: completed from outside before it was parked", outcome.id)
+                elif not ok:
                     log.warning(
                         "job %s: %s rejected: the lease is no longer ours (fencing)",
                         outcome.id,
