@@ -104,6 +104,31 @@ def test_listeners_hear_every_outcome(engine: str, tmp_path: Path) -> None:
     assert dead.error is not None and dead.error["type"] == "Fail"
 
 
+def test_batch_finished_is_heard_when_the_merge_job_ends(tmp_path: Path) -> None:
+    with fresh_store("sqlite", tmp_path) as url:
+        app = conveyor.App(url)
+        heard: list[notify.Event] = []
+        app.on("batch.finished")(heard.append)
+
+        @app.task(name="square")
+        def square(chunk: list[int]) -> int:
+            return sum(x * x for x in chunk)
+
+        @app.task(name="total")
+        def total(results: list[int]) -> int:
+            return sum(results)
+
+        try:
+            batch = app.map(square, [1, 2, 3], then=total)
+            conveyor.Worker(app, handle_signals=False, poll_interval=0.05).run(burst=True)
+            assert batch.wait(timeout=10) == 14
+        finally:
+            app.close()
+    assert [(e.name, e.job_id, e.task, e.result) for e in heard] == [
+        ("batch.finished", batch.id, "total", 14)
+    ]
+
+
 def test_unknown_event_names_are_refused() -> None:
     app = conveyor.App("sqlite:///unused-notify.db")
     with pytest.raises(ValueError, match=r"unknown event 'job\.done'"):
