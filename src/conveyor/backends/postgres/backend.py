@@ -415,7 +415,12 @@ class PostgresBackend(Backend):
                 "token": out.lease_token,
                 "delay": float(out.retry_delay),
             }
-            applied.append(bool(await self._rows(self._q.park, params)))
+            async with self._conn() as conn, conn.transaction():
+                cur = await conn.execute(self._q.park, params)
+                row = await cur.fetchone()
+                if row is not None:
+                    await conn.execute(self._q.notify, {"chan": self.channel, "queue": row[0]})
+            applied.append(row is not None)
         return applied
 
     async def complete_external(self, outcome: Outcome) -> ExternalReply:

@@ -9,7 +9,8 @@
 
 -- name: park
 -- running -> waiting until now + %(delay)s, fenced by the lease (%(id)s, %(token)s);
--- cancelled instead if a cancel was requested while it ran. Returns the id if applied.
+-- cancelled instead if a cancel was requested while it ran. Returns the job's queue if
+-- applied (its waiters are notified: the freed slot may unblock a capped job).
 WITH t AS (SELECT conveyor_now(%(now)s) AS now)
 UPDATE jobs AS j
 SET state = CASE WHEN j.cancel_requested THEN 'cancelled' ELSE 'waiting' END,
@@ -22,7 +23,7 @@ SET state = CASE WHEN j.cancel_requested THEN 'cancelled' ELSE 'waiting' END,
     lease_token = NULL
 FROM t
 WHERE j.id = %(id)s AND j.lease_token = %(token)s AND j.state = 'running'
-RETURNING j.id;
+RETURNING j.queue;
 
 
 -- name: complete_external
