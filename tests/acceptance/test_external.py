@@ -5,7 +5,6 @@ job whose deadline passes times out and runs again."""
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
 import pytest
 
