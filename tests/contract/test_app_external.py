@@ -104,3 +104,32 @@ def test_await_validates_its_deadline() -> None:
     with pytest.raises(TypeError, match="deadline"):
         conveyor.Await(deadline="10")  # type: ignore[arg-type]
     assert conveyor.Await(deadline=5).deadline == 5.0
+
+
+def test_a_backend_a_task_opens_on_the_worker_loop_is_closed_with_it(store_url: str) -> None:
+    """Async tasks that use the app's API (the webhook delivery task does) open the app's
+    backend on the worker's loop; the worker closes it when it stops."""
+    app = conveyor.App(store_url)
+    opened: list[object] = []
+
+    @app.task(name="uses_api")
+    async def uses_api() -> int:
+        backend = await app.backend()
+        opened.append(backend)
+        return len(await backend.stats())
+
+    try:
+        app.enqueue("uses_api")
+        conveyor.Worker(app, handle_signals=False, poll_interval=0.05).run(burst=True)
+        assert len(opened) == 1
+        # close_async() took it out of the app and closed it (each engine drops its
+        # connection, pool or client on close).
+        assert opened[0] not in app._backends.values()
+        handle = next(
+            getattr(opened[0], name)
+            for name in ("_executor", "_pool", "_client")
+            if hasattr(opened[0], name)
+        )
+        assert handle is None
+    finally:
+        app.close()
