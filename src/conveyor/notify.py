@@ -3,7 +3,9 @@
 Workers emit an event once the store has accepted how an attempt ended:
 ``job.succeeded``, ``job.retrying``, ``job.dead`` and ``job.cancelled``; also
 ``batch.finished`` when the job was a batch's merge job (its ``job_id`` is the batch's
-id), and ``job.timeout`` when a waiting job's deadline passed (``conveyor.Await``). In the worker
+id), and ``job.timeout`` when a waiting job's deadline passed (``conveyor.Await``).
+The worker running maintenance also announces what it changed itself: ``job.timeout``
+and ``job.dead`` for jobs the reaper or the deadline expiry sent to dead. In the worker
 process, listeners registered with ``@app.on("job.succeeded")`` are called with an
 ``Event``. Webhooks (records of kind ``webhook``, registered through the HTTP API) that
 match the event's name, tenant and queue each get a delivery *job* of the built-in task

@@ -200,3 +200,18 @@ async def test_a_waiting_job_holds_its_dedup_key(
     assert await backend.enqueue([make_job(key="k")]) == [job.id]
     listed = await backend.query(state=JobState.WAITING)
     assert [j.id for j in listed] == [job.id]
+
+
+async def test_reap_lost_reports_the_jobs_it_sent_to_dead(
+    backend: Backend, make_job: MakeJob, clock: FakeClock, ops: Ops
+) -> None:
+    """The worker announces job.dead for them (the reaper's own outcome)."""
+    last = make_job(max_attempts=1)
+    again = make_job(max_attempts=2)
+    cancelled = make_job(max_attempts=1)
+    await backend.enqueue([last, again, cancelled])
+    await backend.claim(["default"], 3, worker="w", lease=10.0)
+    assert await backend.cancel(cancelled.id) is JobState.RUNNING
+    assert await backend.reap_lost() == (0, [])
+    clock.advance(10.0)
+    assert await backend.reap_lost() == (3, [last.id])

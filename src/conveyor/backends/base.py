@@ -328,6 +328,11 @@ class Backend(abc.ABC):
         """
         return []
 
+    async def reap_lost(self) -> tuple[int, list[str]]:
+        """``reap``, also returning the ids of the jobs it sent to ``dead`` (the worker
+        announces ``job.dead`` for them). Engines that cannot tell return no ids."""
+        return await self.reap(), []
+
     @abc.abstractmethod
     async def promote(self) -> int:
         """Due ``scheduled``/``retrying`` jobs -> ``queued``; apply queue priority aging."""

@@ -26,13 +26,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from conveyor import notify
 from conveyor.backends import create_backend
 from conveyor.backends.base import Backend, ClaimedJob, Lease, Outcome, OutcomeKind
 from conveyor.context import JobContext
-from conveyor.job import JobState, from_timestamp
+from conveyor.job import from_timestamp
 from conveyor.scheduler import Scheduler
-from conveyor.worker import presence
+from conveyor.worker import maintenance, presence
 from conveyor.worker.runner import run_attempt
 from conveyor.worker.threads import DaemonThreadPool
 
@@ -552,12 +551,13 @@ class Worker:
             if await self._call(
                 "maintenance lock", lambda: backend.try_lock(_MAINTENANCE_LOCK, self.id, ttl)
             ):
-                reaped = await self._call("reap", backend.reap)
-                if reaped:
-                    log.warning("reaped %d job(s) whose worker was lost", reaped)
+                reaped = await self._call("reap", backend.reap_lost)
+                if reaped is not None and reaped[0]:
+                    log.warning("reaped %d job(s) whose worker was lost", reaped[0])
                     self._wake.set()
+                    await maintenance.announce(self, backend, [("job.dead", i) for i in reaped[1]])
                 if backend.capabilities.external_completion:
-                    await self._expire_waiting(backend)
+                    await maintenance.expire_waiting(self, backend)
                 await self._call("promote", backend.promote)
                 await self._call("periodic", lambda: self._scheduler.run_due(backend))
                 if time.monotonic() - last_purge > _PURGE_EVERY:
@@ -566,24 +566,6 @@ class Worker:
             else:
                 self._scheduler.lost_lock()
             await asyncio.sleep(self.maintenance_interval)
-
-    async def _expire_waiting(self, backend: Backend) -> None:
-        """Waiting jobs past their deadline time out; announce ``job.timeout`` (and
-        ``job.dead`` for those out of attempts)."""
-        expired = await self._call("expire waiting", backend.expire_waiting)
-        if not expired:
-            return
-        log.warning("%d waiting job(s) timed out (no external completion)", len(expired))
-        self._wake.set()
-        jobs = await self._call("read expired", lambda: backend.get_many([i for i, _ in expired]))
-        events = []
-        for (_, state), job in zip(expired, jobs or [], strict=False):
-            if job is None:
-                continue
-            events.append(notify.job_event("job.timeout", job))
-            if state is JobState.DEAD:
-                events.append(notify.job_event("job.dead", job))
-        await self.app.notifier.publish(backend, [e for e in events if e is not None])
 
 
 async def _wait_all_or(

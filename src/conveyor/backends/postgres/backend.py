@@ -513,8 +513,11 @@ class PostgresBackend(Backend):
 
     # -- maintenance -----------------------------------------------------------------
     async def reap(self) -> int:
+        return (await self.reap_lost())[0]
+
+    async def reap_lost(self) -> tuple[int, list[str]]:
         rows = await self._rows(self._q.reap, {"now": self._now(), "chan": self.channel})
-        return int(rows[0][0])
+        return int(rows[0][0]), [str(i) for i in rows[0][2]]
 
     async def promote(self) -> int:
         rows = await self._rows(self._q.promote, {"now": self._now(), "chan": self.channel})

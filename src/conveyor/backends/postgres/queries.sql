@@ -175,7 +175,8 @@ SELECT d.id, d.token FROM done AS d WHERE (SELECT count(*) FROM woken) >= 0;
 -- name: reap
 -- Expired leases (lease_expires_at <= now): back to queued, dead when no attempt is
 -- left, cancelled when a cancel was requested; records the WorkerLost error. Found
--- through jobs_running (running jobs are few). Returns how many were reaped.
+-- through jobs_running (running jobs are few). Returns how many were reaped, and the
+-- ids of those sent to dead (announced as job.dead by the worker).
 -- Dead ones are counted into job_totals here (cancelled ones by the trigger).
 WITH t AS (SELECT conveyor_now(%(now)s) AS now),
 reaped AS (
@@ -204,7 +205,7 @@ reaped AS (
         FOR UPDATE OF r SKIP LOCKED
     )
     AND j.state = 'running' AND j.lease_expires_at <= t.now
-    RETURNING j.queue, j.tenant, j.state
+    RETURNING j.queue, j.tenant, j.state, j.id
 ),
 totals AS (
     INSERT INTO job_totals AS c (queue, tenant, state, shard, n)
@@ -217,7 +218,8 @@ woken AS (
     SELECT pg_notify(%(chan)s, w.queue || ' ' || pg_current_xact_id())
     FROM (SELECT DISTINCT r.queue FROM reaped AS r) AS w
 )
-SELECT (SELECT count(*) FROM reaped)::integer, (SELECT count(*) FROM woken);
+SELECT (SELECT count(*) FROM reaped)::integer, (SELECT count(*) FROM woken),
+       (SELECT coalesce(array_agg(r.id), '{}') FROM reaped AS r WHERE r.state = 'dead');
 
 
 -- name: promote

@@ -366,7 +366,15 @@ class RedisBackend(Backend):
         return int(await script(keys=[self.keys.route], args=args))
 
     async def reap(self) -> int:
-        return await self._per_queue(self._s.reap)
+        return (await self.reap_lost())[0]
+
+    async def reap_lost(self) -> tuple[int, list[str]]:
+        prefixes = await self._queue_prefixes()
+        if not prefixes:
+            return 0, []
+        args = [self._now_arg(), self.keys.store, *prefixes.values()]
+        reply = await self._s.reap(keys=[self.keys.route], args=args)
+        return int(reply[0]), [str(i) for i in reply[1:]]
 
     async def promote(self) -> int:
         return await self._per_queue(self._s.promote)

@@ -42,10 +42,11 @@ def promote(conn: sqlite3.Connection, now: float, q: Queries, limit: int) -> int
     return changed
 
 
-def reap(conn: sqlite3.Connection, now: float, q: Queries) -> int:
+def reap(conn: sqlite3.Connection, now: float, q: Queries) -> tuple[int, list[str]]:
+    """Reaps expired leases; returns how many, and the ids of those now dead."""
     expired = conn.execute(q.expired_leases, {"now": now}).fetchall()
     if not expired:
-        return 0
+        return 0, []
     params = [
         {
             "id": job_id,
@@ -53,10 +54,11 @@ def reap(conn: sqlite3.Connection, now: float, q: Queries) -> int:
             "now": now,
             "error": job_error_json(attempt, "WorkerLost", WORKER_LOST, now),
         }
-        for job_id, token, attempt in expired
+        for job_id, token, attempt, _ in expired
     ]
     reaped: int = conn.executemany(q.reap_one, params).rowcount
-    return reaped
+    # Same transaction as the read, so every row read was reaped as predicted.
+    return reaped, [str(job_id) for job_id, _, _, dies in expired if dies]
 
 
 def expire_waiting(conn: sqlite3.Connection, now: float, q: Queries) -> list[tuple[str, JobState]]:

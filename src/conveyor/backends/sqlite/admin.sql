@@ -11,8 +11,10 @@
 
 
 -- name: expired_leases
--- Running jobs whose lease ended at or before :now.
-SELECT id, lease_token, attempt FROM jobs INDEXED BY jobs_leases
+-- Running jobs whose lease ended at or before :now (and whether reaping sends them to
+-- dead: no attempt left and no cancel request).
+SELECT id, lease_token, attempt, attempt >= max_attempts AND NOT cancel_requested
+FROM jobs INDEXED BY jobs_leases
 WHERE state = 'running' AND lease_expires_at <= :now;
 
 

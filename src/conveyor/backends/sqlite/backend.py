@@ -405,6 +405,9 @@ class SQLiteBackend(Backend):
 
     # -- maintenance -----------------------------------------------------------------
     async def reap(self) -> int:
+        return (await self.reap_lost())[0]
+
+    async def reap_lost(self) -> tuple[int, list[str]]:
         return await self._write(lambda conn, now: _ops.reap(conn, now, self._q), wakes=True)
 
     async def promote(self) -> int:
