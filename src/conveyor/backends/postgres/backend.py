@@ -436,6 +436,10 @@ class PostgresBackend(Backend):
             "delay": float(outcome.retry_delay),
         }
         async with self._conn() as conn, conn.transaction():
+            cur = await conn.execute(self._q.wait_status, {"id": outcome.id})
+            status = await cur.fetchone()
+            if status is None or status[1] != outcome.lease_token:
+                return ExternalReply.UNKNOWN
             cur = await conn.execute(self._q.complete_external, params)
             row = await cur.fetchone()
             if row is not None:
@@ -444,10 +448,6 @@ class PostgresBackend(Backend):
                 return ExternalReply.APPLIED
             cur = await conn.execute(self._q.clock, {"now": self._now()})
             now_row = await cur.fetchone()
-            cur = await conn.execute(self._q.wait_status, {"id": outcome.id})
-            status = await cur.fetchone()
-        if status is None or status[1] != outcome.lease_token:
-            return ExternalReply.UNKNOWN
         assert now_row is not None
         return external_refusal(status[0], status[2], status[3], float(now_row[0]))
 

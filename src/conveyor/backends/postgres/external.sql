@@ -60,8 +60,11 @@ RETURNING j.state, j.queue;
 
 
 -- name: wait_status
--- Why a completion was refused: state, completion token, deadline, last error's type.
-SELECT state, wait_token, wait_until, errors -> -1 ->> 'type' FROM jobs WHERE id = %(id)s;
+-- Read first, row-locked, by complete_external: so a park committing meanwhile is
+-- either seen here or waits; then the job's state, completion token, deadline and last
+-- error's type say whether complete_external applies or why it is refused.
+SELECT state, wait_token, wait_until, errors -> -1 ->> 'type' FROM jobs WHERE id = %(id)s
+FOR UPDATE;
 
 
 -- name: expire_waiting
