@@ -6,10 +6,16 @@ The names below are the public API (pinned by ``tests/unit/test_public_api.py``)
 from conveyor.app import App
 from conveyor.batch import Batch, BatchFailed, BatchProgress
 from conveyor.context import JobContext, current_job
-from conveyor.errors import ConveyorError, InvalidTransition, JobFailed, JobNotFound
+from conveyor.errors import (
+    CompletionRefused,
+    ConveyorError,
+    InvalidTransition,
+    JobFailed,
+    JobNotFound,
+)
 from conveyor.handle import JobHandle
 from conveyor.job import Job, JobError, JobState
-from conveyor.retry import Backoff, Fail, Retry
+from conveyor.retry import Await, Backoff, Fail, Retry
 from conveyor.sandbox import Sandbox
 from conveyor.task import BoundTask, Signature, Task
 from conveyor.worker import Worker
@@ -19,11 +25,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "App",
+    "Await",
     "Backoff",
     "Batch",
     "BatchFailed",
     "BatchProgress",
     "BoundTask",
+    "CompletionRefused",
     "ConveyorError",
     "Fail",
     "InvalidTransition",

@@ -19,6 +19,7 @@ from conveyor import notify
 from conveyor.backends import create_backend
 from conveyor.backends.base import Backend, Clock, NewJob, QueueStats
 from conveyor.config import Defaults, parse_url, resolve_url
+from conveyor.external import ExternalMixin
 from conveyor.handle import JobHandle
 from conveyor.job import Job, JobState, new_job_id, to_timestamp
 from conveyor.portal import Portal
@@ -37,7 +38,7 @@ R = TypeVar("R")
 _MAX_NAME = 200
 
 
-class App(WorkflowMixin):
+class App(WorkflowMixin, ExternalMixin):
     """One Conveyor application: a storage URL and the tasks that run against it."""
 
     def __init__(

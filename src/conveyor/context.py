@@ -7,6 +7,7 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import NoReturn
 
 ProgressSink = Callable[[float | None, str | None], None]
 
@@ -25,6 +26,10 @@ class JobContext:
     enqueued_at: datetime
     _sink: ProgressSink = field(repr=False)
     _cancel_requested: bool = field(default=False, repr=False)
+    #: The token an outside service presents to complete this job after the task
+    #: raises ``conveyor.Await`` (``POST /jobs/{id}/complete``, ``app.complete_external``).
+    #: It is this attempt's lease token: hand it only to the service that completes it.
+    completion_token: str = field(default="", repr=False)
 
     def progress(self, fraction: float | None = None, message: str | None = None) -> None:
         """Report progress (``fraction`` in 0..1 and/or a short message).
@@ -40,6 +45,16 @@ class JobContext:
         if message is not None and not isinstance(message, str):
             raise TypeError("progress message must be a string")
         self._sink(None if fraction is None else float(fraction), message)
+
+    def await_external(self, deadline: float) -> NoReturn:
+        """End the task here and park the job until an outside service completes it.
+
+        Raises ``conveyor.Await(deadline)`` (let it propagate). Hand
+        ``self.completion_token`` to the service first.
+        """
+        from conveyor.retry import Await
+
+        raise Await(deadline)
 
     @property
     def cancel_requested(self) -> bool:

@@ -36,3 +36,22 @@ class InvalidTransition(ConveyorError):
 
 class BackendUnavailable(ConveyorError):
     """The storage engine for a URL scheme is not available in this installation."""
+
+
+class CompletionRefused(ConveyorError):
+    """``complete_external``/``fail_external`` did not apply.
+
+    ``reason``: ``"unknown"`` (no such job, or the token is not its completion token),
+    ``"late"`` (its deadline passed: the job timed out) or ``"closed"`` (the job is no
+    longer waiting: already completed, or cancelled).
+    """
+
+    def __init__(self, job_id: str, reason: str) -> None:
+        self.job_id = job_id
+        self.reason = reason
+        text = {
+            "unknown": "no waiting job with this id and completion token",
+            "late": "its deadline passed: the job timed out and no longer takes this completion",
+            "closed": "it is no longer waiting (already completed or cancelled)",
+        }.get(reason, reason)
+        super().__init__(f"completion of job {job_id} refused: {text}")

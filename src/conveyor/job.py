@@ -22,6 +22,7 @@ class JobState(StrEnum):
     DEAD = "dead"  # the dead-letter queue: out of attempts, non-retryable, or unknown task
     CANCELLED = "cancelled"
     BLOCKED = "blocked"  # waiting for the jobs named in after= to finish
+    WAITING = "waiting"  # handed to an outside service (Await): completed via its token
 
     @property
     def is_final(self) -> bool:
@@ -34,7 +35,14 @@ class JobState(StrEnum):
 
 FINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.DEAD, JobState.CANCELLED})
 ACTIVE_STATES = frozenset(
-    {JobState.SCHEDULED, JobState.QUEUED, JobState.RUNNING, JobState.RETRYING, JobState.BLOCKED}
+    {
+        JobState.SCHEDULED,
+        JobState.QUEUED,
+        JobState.RUNNING,
+        JobState.RETRYING,
+        JobState.BLOCKED,
+        JobState.WAITING,
+    }
 )
 
 #: Every legal (from, to) pair. The property test checks the backends against this.
@@ -57,6 +65,12 @@ TRANSITIONS: frozenset[tuple[JobState, JobState]] = frozenset(
         (JobState.BLOCKED, JobState.SCHEDULED),  # ... and its own delay is still ahead
         (JobState.BLOCKED, JobState.CANCELLED),  # a dependency failed, or cancel
         (JobState.RUNNING, JobState.SCHEDULED),  # over its rate limit: waits for its slot
+        (JobState.RUNNING, JobState.WAITING),  # Await: parked until completed from outside
+        (JobState.WAITING, JobState.SUCCEEDED),  # complete_external
+        (JobState.WAITING, JobState.RETRYING),  # fail_external or deadline, with backoff
+        (JobState.WAITING, JobState.QUEUED),  # ... retried at once
+        (JobState.WAITING, JobState.DEAD),  # ... no attempts left
+        (JobState.WAITING, JobState.CANCELLED),  # cancel
     }
 )
 

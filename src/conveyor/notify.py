@@ -1,7 +1,11 @@
 """Notifications: in-process listeners (``app.on``) and signed webhooks.
 
 Workers emit an event once the store has accepted how an attempt ended:
-``job.succeeded``, ``job.retrying``, ``job.dead`` and ``job.cancelled``. In the worker
+``job.succeeded``, ``job.retrying``, ``job.dead`` and ``job.cancelled``; also
+``batch.finished`` when the job was a batch's merge job (its ``job_id`` is the batch's
+id), and ``job.timeout`` when a waiting job's deadline passed (``conveyor.Await``).
+The worker running maintenance also announces what it changed itself: ``job.timeout``
+and ``job.dead`` for jobs the reaper or the deadline expiry sent to dead. In the worker
 process, listeners registered with ``@app.on("job.succeeded")`` are called with an
 ``Event``. Webhooks (records of kind ``webhook``, registered through the HTTP API) that
 match the event's name, tenant and queue each get a delivery *job* of the built-in task
@@ -16,6 +20,7 @@ Each delivery is an HTTP POST of the event as JSON, signed with the webhook's se
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import hmac
 import inspect
@@ -29,22 +34,33 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from conveyor.backends.base import Backend, ClaimedJob, Outcome, OutcomeKind
+from conveyor.job import Job
 from conveyor.retry import Backoff, Fail
 from conveyor.serialize import loads
 from conveyor.task import EnqueueOptions, Signature
+from conveyor.workflow import MARKER, is_marker
 
 if TYPE_CHECKING:
     from conveyor.app import App
 
 log = logging.getLogger("conveyor.notify")
 
-EVENTS = ("job.succeeded", "job.retrying", "job.dead", "job.cancelled")
+EVENTS = (
+    "job.succeeded",
+    "job.retrying",
+    "job.dead",
+    "job.cancelled",
+    "job.timeout",
+    "batch.finished",
+)
+BATCH_FINISHED = "batch.finished"
 KIND = "webhook"
 DELIVER_TASK = "conveyor.webhook"
 #: Seconds a worker trusts its copy of the webhook list before reading it again.
 WEBHOOKS_TTL = 5.0
 DELIVERY_TIMEOUT = 10.0
 SIGNATURE_TOLERANCE = 300
+_FINAL_KINDS = (OutcomeKind.SUCCEEDED, OutcomeKind.DEAD, OutcomeKind.CANCELLED)
 _EVENT_OF = {
     OutcomeKind.SUCCEEDED: "job.succeeded",
     OutcomeKind.RETRY: "job.retrying",
@@ -175,7 +191,9 @@ class Notifier:
         name = _EVENT_OF.get(outcome.kind)
         if name is None or job.task == DELIVER_TASK:  # deliveries announce nothing
             return False
-        return bool(self.listeners.get(name)) or self._stale() or bool(self._webhooks)
+        if self._stale() or self._webhooks or self.listeners.get(name):
+            return True
+        return bool(self.listeners.get(BATCH_FINISHED)) and _batch_end(job, outcome)
 
     def _stale(self) -> bool:
         return self._fetched_at is None or time.monotonic() - self._fetched_at > WEBHOOKS_TTL
@@ -186,7 +204,18 @@ class Notifier:
         Listeners are called in order; the webhook deliveries of the whole batch are
         enqueued in one write, on the worker's own connection.
         """
-        events = [e for e in (_event(job, outcome) for job, outcome in finished) if e]
+        events = []
+        for job, outcome in finished:
+            event = _event(job, outcome)
+            if event is not None:
+                events.append(event)
+                if _batch_end(job, outcome):
+                    events.append(_replace_name(event, BATCH_FINISHED))
+        await self.publish(backend, events)
+
+    async def publish(self, backend: Backend, events: list[Event]) -> None:
+        """Call the listeners of each event and queue its webhook deliveries; never
+        raises."""
         for event in events:
             for listener in self.listeners.get(event.name, []):
                 try:
@@ -239,6 +268,45 @@ def _event(job: ClaimedJob, outcome: Outcome) -> Event | None:
         at=time.time(),
         result=loads(outcome.result_json) if outcome.result_json else None,
         error=error if isinstance(error, dict) else None,
+    )
+
+
+#: How a batch's merge job's arguments start (``workflow.results_marker`` for many
+#: results): checked on the raw JSON, so other jobs cost no decoding.
+_MERGE_PREFIX = '[{"' + MARKER + '":"results"'
+
+
+def _batch_end(job: ClaimedJob, outcome: Outcome) -> bool:
+    """Did a batch's merge job reach a final state with this outcome?"""
+    if outcome.kind not in _FINAL_KINDS or not job.args_json.startswith(_MERGE_PREFIX):
+        return False
+    try:
+        marker = loads(job.args_json)[0]
+    except (ValueError, IndexError, TypeError):
+        return False
+    return is_marker(marker) and not marker.get("single", True)
+
+
+def _replace_name(event: Event, name: str) -> Event:
+    return dataclasses.replace(event, name=name)
+
+
+def job_event(name: str, job: Job, error: dict[str, Any] | None = None) -> Event | None:
+    """An event about a job read from the store (expired or reaped by the maintenance
+    loop, completed from outside)."""
+    if job.task == DELIVER_TASK:
+        return None
+    last = job.errors[-1].to_json() if error is None and job.errors else error
+    return Event(
+        name=name,
+        job_id=job.id,
+        task=job.task,
+        queue=job.queue,
+        tenant=job.tenant,
+        attempt=job.attempt,
+        at=time.time(),
+        result=job.result,
+        error=last,
     )
 
 

@@ -50,6 +50,27 @@ class Retry(Exception):
         super().__init__(reason)
 
 
+class Await(Exception):
+    """Raise inside a task to hand its job to an outside service.
+
+    The job moves to ``waiting`` (its worker slot is freed at once) until the service
+    completes it with ``POST /jobs/{id}/complete`` (or ``/fail``, or
+    ``app.complete_external``) using ``current_job().completion_token``. If ``deadline``
+    seconds pass first, the job times out: ``ExternalTimeout`` is recorded, it runs
+    again while attempts are left (else ``dead``) and ``job.timeout`` is announced.
+    """
+
+    def __init__(self, deadline: float) -> None:
+        if isinstance(deadline, bool) or not isinstance(deadline, int | float):
+            raise TypeError(f"Await deadline must be a number of seconds, not {deadline!r}")
+        if not (deadline > 0 and deadline < float("inf")):
+            raise ValueError(
+                f"Await deadline must be a finite number of seconds > 0, not {deadline!r}"
+            )
+        self.deadline = float(deadline)
+        super().__init__(f"awaiting external completion (deadline {deadline:g} s)")
+
+
 class Fail(Exception):
     """Raise inside a task to fail it for good: no retry, the job goes ``dead``."""
 

@@ -1,14 +1,17 @@
 """Property-based test of the job state machine, driven through the backend protocol.
 
 Hypothesis runs random sequences of enqueue (some with dependencies on earlier jobs) /
-claim / heartbeat / finish (with current and stale lease tokens) / rate-limited starts /
-clock jumps / reap / promote / cancel / replay, and after every step checks that:
+claim / heartbeat / finish (with current and stale lease tokens; a park sends the job
+to ``waiting``) / external completion (with current and stale tokens) / expiry of
+waiting jobs / rate-limited starts / clock jumps / reap / promote / cancel / replay,
+and after every step checks that:
 
 * every state change a job went through is a legal transition (``conveyor.job.TRANSITIONS``,
   plus the two a claim makes in one go when it promotes a due job and takes it);
 * ``attempt <= max_attempts`` always;
 * at most one lease per job is valid: a write with any token but the latest is rejected,
-  and a running job always has a lease while a job in any other state has none;
+  and a running job always has a lease (a waiting job its deadline) while a job in any
+  other state has none;
 * a blocked job waits for at least one dependency that has not finished.
 """
 
@@ -25,7 +28,14 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from conveyor.backends import create_backend
-from conveyor.backends.base import Lease, NewJob, Outcome, OutcomeKind, RateBucket
+from conveyor.backends.base import (
+    ExternalReply,
+    Lease,
+    NewJob,
+    Outcome,
+    OutcomeKind,
+    RateBucket,
+)
 from conveyor.job import TRANSITIONS, JobState, new_job_id
 from tests.contract.conftest import ENGINES, fresh_store
 
@@ -177,6 +187,46 @@ class JobStateMachine(RuleBasedStateMachine):
             single = self.run(self.backend.heartbeat([Lease(job_id, stale)], lease=LEASE))
             assert job_id in single.lost
 
+    @precondition(lambda self: bool(self.tokens))
+    @rule(
+        data=st.data(),
+        kind=st.sampled_from([OutcomeKind.SUCCEEDED, OutcomeKind.RETRY, OutcomeKind.DEAD]),
+        stale=st.booleans(),
+        retry_delay=st.sampled_from([0.0, 5.0]),
+    )
+    def complete_external(
+        self, data: st.DataObject, kind: OutcomeKind, stale: bool, retry_delay: float
+    ) -> None:
+        job_id = data.draw(st.sampled_from(sorted(self.tokens)))
+        tokens = self.tokens[job_id]
+        token = tokens[0] if stale and len(tokens) > 1 else tokens[-1]
+        before = self._snapshot()[job_id]
+        error = '{"attempt":1,"type":"E","message":"m","traceback":null,"at":0}'
+        outcome = Outcome(
+            job_id,
+            token,
+            kind,
+            result_json="1" if kind is OutcomeKind.SUCCEEDED else None,
+            error_json=None if kind is OutcomeKind.SUCCEEDED else error,
+            retry_delay=retry_delay,
+        )
+        self.last_op = "complete_external"
+        reply = self.run(self.backend.complete_external(outcome))
+        deadline = before.lease_expires_at
+        holds = (
+            before.state is S.WAITING
+            and token == tokens[-1]
+            and deadline is not None
+            and deadline.timestamp() > self.clock.now
+        )
+        assert (reply is ExternalReply.APPLIED) == holds, reply
+
+    @rule()
+    def expire_waiting(self) -> None:
+        self.last_op = "expire_waiting"
+        expired = self.run(self.backend.expire_waiting())
+        assert all(state in (S.QUEUED, S.DEAD) for _, state in expired)
+
     @rule(seconds=st.sampled_from([1.0, 6.0, 11.0, 60.0]))
     def advance(self, seconds: float) -> None:
         self.last_op = "advance"
@@ -218,7 +268,8 @@ class JobStateMachine(RuleBasedStateMachine):
         now = self._snapshot()
         for job_id, job in now.items():
             assert job.attempt <= job.max_attempts, job
-            assert (job.state is S.RUNNING) == (job.lease_expires_at is not None), job
+            leased = job.state in (S.RUNNING, S.WAITING)
+            assert leased == (job.lease_expires_at is not None), job
             old = self.states.get(job_id)
             if old is None or old is job.state:
                 continue

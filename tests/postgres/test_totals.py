@@ -129,6 +129,29 @@ async def test_totals_follow_workflow_settling(open_pg: OpenPG) -> None:
     await _check(backend)
 
 
+async def test_totals_follow_external_completion(open_pg: OpenPG) -> None:
+    """Parks (one honouring a cancel request), completions, an expiry, a cancel."""
+    clock = Clock()
+    backend = await open_pg(clock=clock)
+    await backend.enqueue([new_job(tenant=("a", None)[i % 2], max_attempts=1) for i in range(6)])
+    claimed = await backend.claim(["default"], 6, worker="w", lease=30.0)
+    await backend.cancel(claimed[5].id)  # running: cancel requested, so the park cancels
+    parks = [_outcome(j, OutcomeKind.PARKED, delay=60.0) for j in claimed]
+    assert await backend.finish(parks) == [True] * 6
+    await _check(backend)
+    done = _outcome(claimed[0], OutcomeKind.SUCCEEDED)
+    failed = _outcome(claimed[1], OutcomeKind.DEAD)
+    retried = _outcome(claimed[2], OutcomeKind.RETRY)  # no attempt left: dead
+    for outcome in (done, failed, retried):
+        assert (await backend.complete_external(outcome)).value == "applied"
+    await _check(backend)
+    assert await backend.cancel(claimed[3].id) is JobState.CANCELLED
+    await _check(backend)
+    clock.now += 61.0
+    assert await backend.expire_waiting() == [(claimed[4].id, JobState.DEAD)]
+    await _check(backend)
+
+
 async def test_migration_counts_the_finished_jobs_already_stored(open_pg: OpenPG) -> None:
     backend = await open_pg()
     await backend.enqueue([new_job(tenant="a") for _ in range(5)])

@@ -155,3 +155,15 @@ def test_the_tasks_own_timeout_applies_and_is_retryable(app: conveyor.App) -> No
     assert [e.type for e in job.errors] == ["TimeoutError", "TimeoutError"]
     assert job.errors[0].message == "timed out after 0.3 s"
     assert_no_processes_left(*announced(h))
+
+
+def test_await_in_a_sandbox_fails_clearly(app: conveyor.App) -> None:
+    @app.task(name="hand_off", max_attempts=3, backoff=FAST, sandbox=conveyor.Sandbox())
+    def hand_off() -> None:
+        raise conveyor.Await(deadline=60)
+
+    h = hand_off.enqueue()
+    run(app)
+    job = h.info()
+    assert job.state is JobState.DEAD and job.attempt == 1  # not retried: it would await again
+    assert job.errors[-1].message == "conveyor.Await is not supported in a sandboxed task"

@@ -6,11 +6,13 @@ import conveyor
 
 EXPECTED = {
     "App",
+    "Await",
     "Backoff",
     "Batch",
     "BatchFailed",
     "BatchProgress",
     "BoundTask",
+    "CompletionRefused",
     "ConveyorError",
     "Fail",
     "InvalidTransition",
@@ -51,6 +53,7 @@ def test_job_states_are_the_documented_ones() -> None:
         "dead",
         "cancelled",
         "blocked",
+        "waiting",
     ]
 
 

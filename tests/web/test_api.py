@@ -352,7 +352,14 @@ def test_stats_and_tenant_settings(served: Running) -> None:
 
 def test_tasks(served: Running) -> None:
     names = [t["name"] for t in served.client(served.org7).get("/tasks").json()["tasks"]]
-    assert names == ["conveyor.webhook", "flaky", "leap-day-report", "media.resize", "slow"]
+    assert names == [
+        "conveyor.webhook",
+        "flaky",
+        "leap-day-report",
+        "media.resize",
+        "payments.charge",
+        "slow",
+    ]
 
 
 def test_metrics(served_any: Running, tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -14,6 +15,7 @@ import pytest
 
 import conveyor
 from conveyor import notify
+from conveyor.backends import create_backend
 from tests.contract.conftest import ENGINES, fresh_store
 from tests.web.conftest import Running
 from tests.web.test_api import submit
@@ -102,6 +104,72 @@ def test_listeners_hear_every_outcome(engine: str, tmp_path: Path) -> None:
     assert (succeeded.result, succeeded.tenant, succeeded.queue) == (42, "org-7", "default")
     [dead] = [e for e in heard if e.name == "job.dead"]
     assert dead.error is not None and dead.error["type"] == "Fail"
+
+
+def test_batch_finished_is_heard_when_the_merge_job_ends(tmp_path: Path) -> None:
+    with fresh_store("sqlite", tmp_path) as url:
+        app = conveyor.App(url)
+        heard: list[notify.Event] = []
+        app.on("batch.finished")(heard.append)
+
+        @app.task(name="square")
+        def square(chunk: list[int]) -> int:
+            return sum(x * x for x in chunk)
+
+        @app.task(name="total")
+        def total(results: list[int]) -> int:
+            return sum(results)
+
+        try:
+            batch = app.map(square, [1, 2, 3], then=total)
+            conveyor.Worker(app, handle_signals=False, poll_interval=0.05).run(burst=True)
+            assert batch.wait(timeout=10) == 14
+        finally:
+            app.close()
+    assert [(e.name, e.job_id, e.task, e.result) for e in heard] == [
+        ("batch.finished", batch.id, "total", 14)
+    ]
+
+
+def test_a_job_the_reaper_sends_to_dead_is_announced(tmp_path: Path) -> None:
+    """Its worker was lost: the maintenance loop announces job.dead for it."""
+    with fresh_store("sqlite", tmp_path) as url:
+        app = conveyor.App(url)
+        heard: list[notify.Event] = []
+        app.on("job.dead")(heard.append)
+
+        @app.task(name="lost", max_attempts=1)
+        def lost() -> None:
+            raise AssertionError("never runs: a vanished worker holds it")
+
+        async def claim_and_vanish() -> str:
+            backend = create_backend(url)
+            await backend.open()
+            try:
+                (job,) = await backend.claim(["default"], 1, worker="gone", lease=0.2)
+                return job.id
+            finally:
+                await backend.close()
+
+        worker = conveyor.Worker(
+            app, handle_signals=False, poll_interval=0.05, maintenance_interval=0.05
+        )
+        thread = threading.Thread(target=worker.run, daemon=True)
+        try:
+            lost.enqueue()
+            job_id = asyncio.run(claim_and_vanish())
+            thread.start()
+            deadline = time.monotonic() + 15
+            while not heard:
+                assert time.monotonic() < deadline, "no job.dead for the reaped job"
+                time.sleep(0.05)
+        finally:
+            worker.stop()
+            thread.join(30)
+            app.close()
+    [event] = heard
+    assert (event.name, event.job_id, event.task) == ("job.dead", job_id, "lost")
+    assert event.error is not None and event.error["type"] == "WorkerLost"
 
 
 def test_unknown_event_names_are_refused() -> None:

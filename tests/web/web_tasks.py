@@ -31,6 +31,15 @@ def make_app(url: str) -> conveyor.App:
             time.sleep(seconds / 10)
         return "done"
 
+    @app.task(name="payments.charge", max_attempts=1)
+    def charge(handoff: str, deadline: float = 60.0) -> None:
+        """Hands the job to an "outside service": the test, which reads the job id and
+        completion token from the file ``handoff``."""
+        job = conveyor.current_job()
+        with open(handoff, "w") as f:
+            f.write(f"{job.id} {job.completion_token}")
+        raise conveyor.Await(deadline=deadline)
+
     # Shown on the schedules page; due so rarely (and missed ticks skipped) that no
     # test ever sees it run.
     @app.periodic("0 3 29 2 *", missed="skip", name="leap-day-report")

@@ -46,6 +46,9 @@ class Capabilities:
     multi_host: bool = False
     #: ``enqueue`` can join a caller's own database transaction.
     transactional_enqueue: bool = False
+    #: ``OutcomeKind.PARKED``, ``complete_external`` and ``expire_waiting`` (jobs
+    #: completed by an outside service, ``conveyor.Await``).
+    external_completion: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,11 +128,31 @@ class OutcomeKind(StrEnum):
     DEAD = "dead"  # -> dead (the dead-letter queue)
     CANCELLED = "cancelled"  # -> cancelled (the worker honoured a cancel request)
     RELEASED = "released"  # -> queued, attempt given back (graceful shutdown)
+    # -> waiting until now + retry_delay (the deadline); the lease token becomes the
+    # completion token (cancelled instead if a cancel was requested meanwhile).
+    PARKED = "parked"
+
+
+class ExternalReply(StrEnum):
+    """What ``complete_external`` did."""
+
+    APPLIED = "applied"
+    #: No such job, or the token is not its completion token (one answer for both, so
+    #: a caller without the token learns nothing about the job).
+    UNKNOWN = "unknown"
+    #: The token matches but the deadline has passed (the job times out, or did).
+    LATE = "late"
+    #: The token matches but the job is no longer waiting (completed, cancelled).
+    CLOSED = "closed"
 
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """How an attempt ended. Applied only if ``lease_token`` still holds the job."""
+    """How an attempt ended. Applied only if ``lease_token`` still holds the job.
+
+    For ``complete_external`` the ``lease_token`` is the completion token and ``kind``
+    is SUCCEEDED, RETRY or DEAD; ``retry_delay`` of PARKED is the deadline in seconds.
+    """
 
     id: str
     lease_token: str
@@ -166,6 +189,7 @@ class QueueStats:
     weight: float = 1.0
     max_running: int | None = None
     blocked: int = 0
+    waiting: int = 0
 
 
 class Backend(abc.ABC):
@@ -287,6 +311,28 @@ class Backend(abc.ABC):
         Returns how many jobs were reaped.
         """
 
+    async def complete_external(self, outcome: Outcome) -> ExternalReply:
+        """Finish a ``waiting`` job from outside, fenced by its completion token.
+
+        Applied only while the job is waiting with that token and its deadline has not
+        passed (a RETRY follows the same rules as ``finish``). Dependents are settled as
+        on any finish. Only engines with ``capabilities.external_completion``.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no external completion")
+
+    async def expire_waiting(self) -> list[tuple[str, JobState]]:
+        """Waiting jobs past their deadline: like ``reap``, with the error
+        ``ExternalTimeout``: ``queued`` again while attempts are left, else ``dead``.
+
+        Returns ``(job id, new state)`` of each (the caller announces ``job.timeout``).
+        """
+        return []
+
+    async def reap_lost(self) -> tuple[int, list[str]]:
+        """``reap``, also returning the ids of the jobs it sent to ``dead`` (the worker
+        announces ``job.dead`` for them). Engines that cannot tell return no ids."""
+        return await self.reap(), []
+
     @abc.abstractmethod
     async def promote(self) -> int:
         """Due ``scheduled``/``retrying`` jobs -> ``queued``; apply queue priority aging."""
@@ -377,6 +423,24 @@ def job_error_json(attempt: int, type_: str, message: str, at: float, tb: str | 
     from conveyor.serialize import dumps
 
     return dumps({"attempt": attempt, "type": type_, "message": message, "traceback": tb, "at": at})
+
+
+#: Error type recorded on a waiting job whose deadline passed.
+EXTERNAL_TIMEOUT = "ExternalTimeout"
+EXTERNAL_TIMEOUT_MESSAGE = "no external completion before the deadline"
+#: Error type recorded by ``fail_external`` unless the caller names one.
+EXTERNAL_FAILURE = "ExternalFailure"
+
+
+def external_refusal(
+    state: str, deadline: float | None, last_error_type: str | None, now: float
+) -> ExternalReply:
+    """Why ``complete_external`` with the right token did not apply (one rule for every
+    engine): still waiting past its deadline, or expired by it -> LATE; else CLOSED."""
+    if state == JobState.WAITING:
+        late = deadline is not None and deadline <= now
+        return ExternalReply.LATE if late else ExternalReply.CLOSED
+    return ExternalReply.LATE if last_error_type == EXTERNAL_TIMEOUT else ExternalReply.CLOSED
 
 
 #: Error type recorded on a job cancelled because a dependency ended dead or cancelled.

@@ -288,6 +288,7 @@ def stats(cfg: CliState, as_json: bool) -> None:
         "scheduled",
         "queued",
         "running",
+        "waiting",
         "retrying",
         "dead",
         "succeeded",

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from conveyor.errors import JobNotFound
 from conveyor.job import Job, JobState
 from conveyor.serialize import PayloadTooLarge
-from conveyor.web import webhooks
+from conveyor.web import external, webhooks
 from conveyor.web.context import ApiError, Principal, WebContext, admin, context, principal
 from conveyor.web.schemas import (
     MAX_BATCH,
@@ -308,3 +308,4 @@ def install(app: FastAPI) -> None:
 
     app.include_router(router)
     app.include_router(webhooks.router)
+    app.include_router(external.router)

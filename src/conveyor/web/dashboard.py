@@ -235,10 +235,7 @@ def _safe_next(target: str) -> str:
 @router.get("/")
 async def overview(request: Request, ctx: Ctx, see: See) -> Response:
     rows = await queue_stats(ctx, see.who)
-    totals = {
-        name: sum(getattr(r, name) for r in rows)
-        for name in ("blocked", "scheduled", "queued", "running", "retrying", "dead", "succeeded")
-    }
+    totals = {name: sum(getattr(r, name) for r in rows) for name in _COUNTED}
     return render(request, "overview.html", see, totals=totals, rows=rows)
 
 
@@ -261,6 +258,7 @@ async def queues(request: Request, ctx: Ctx, see: See) -> Response:
                     "scheduled",
                     "queued",
                     "running",
+                    "waiting",
                     "retrying",
                     "dead",
                     "succeeded",
@@ -270,12 +268,15 @@ async def queues(request: Request, ctx: Ctx, see: See) -> Response:
             ),
         )
         q["tenants"] += 1
-        for name in ("blocked", "scheduled", "queued", "running", "retrying", "dead", "succeeded"):
+        for name in _COUNTED:
             q[name] += getattr(r, name)
         q["cancelled"] += r.cancelled
         if r.oldest_wait is not None:
             q["oldest_wait"] = max(q["oldest_wait"] or 0.0, r.oldest_wait)
     return render(request, "queues.html", see, queues=sorted(per_queue.values(), key=_by_queue))
+
+
+_COUNTED = ("blocked", "scheduled", "queued", "running", "waiting", "retrying", "dead", "succeeded")
 
 
 def _by_queue(q: dict[str, Any]) -> str:

@@ -31,6 +31,7 @@ _STATES = (
     "succeeded",
     "cancelled",
     "blocked",
+    "waiting",
 )
 #: Running jobs read per scrape to count workers (one row per running job).
 _RUNNING_SCAN = 10_000

@@ -206,6 +206,9 @@ class QueueStatsOut(BaseModel):
     succeeded: int
     cancelled: int
     blocked: int = Field(description="Waiting for the jobs named in after= to finish")
+    waiting: int = Field(
+        default=0, description="Handed to an outside service (Await), until completed"
+    )
     oldest_wait: float | None = Field(description="Seconds the oldest ready job has waited")
     weight: float
     max_running: int | None
@@ -226,6 +229,7 @@ class QueueStatsOut(BaseModel):
             succeeded=s.succeeded,
             cancelled=s.cancelled,
             blocked=s.blocked,
+            waiting=s.waiting,
             oldest_wait=s.oldest_wait,
             weight=s.weight,
             max_running=s.max_running,

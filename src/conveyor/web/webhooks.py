@@ -18,7 +18,14 @@ from conveyor.web.schemas import ErrorOut, Name, Problem
 Ctx = Annotated[WebContext, Depends(context)]
 Who = Annotated[Principal, Depends(principal)]
 HookId = Annotated[str, Path(min_length=1, max_length=64)]
-EventName = Literal["job.succeeded", "job.retrying", "job.dead", "job.cancelled"]
+EventName = Literal[
+    "job.succeeded",
+    "job.retrying",
+    "job.dead",
+    "job.cancelled",
+    "job.timeout",
+    "batch.finished",
+]
 _SCAN = 5000
 
 router = APIRouter(tags=["webhooks"])

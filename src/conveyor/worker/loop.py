@@ -31,7 +31,7 @@ from conveyor.backends.base import Backend, ClaimedJob, Lease, Outcome, OutcomeK
 from conveyor.context import JobContext
 from conveyor.job import from_timestamp
 from conveyor.scheduler import Scheduler
-from conveyor.worker import presence
+from conveyor.worker import maintenance, presence
 from conveyor.worker.runner import run_attempt
 from conveyor.worker.threads import DaemonThreadPool
 
@@ -156,6 +156,9 @@ class Worker:
         # users on this loop share.
         self._backend = create_backend(self.app.url, clock=self.app._clock)
         await self._backend.open()
+        # Tasks that call the app's API (the webhook delivery task does) open the app's
+        # backend for this loop; one we did not find here is ours to close at the end.
+        app_backend_before = self.app._backends.get(self._loop)
         installed = self._install_signals()
         log.info("worker %s serving %s with %d slots", self.id, self.queues, self.concurrency)
         side = [
@@ -180,6 +183,9 @@ class Worker:
                 self._loop.remove_signal_handler(sig)
             self._executor.shutdown(wait=False, cancel_futures=True)
             await self._backend.close()
+            if app_backend_before is None:
+                with contextlib.suppress(Exception):
+                    await self.app.close_async()
         if self._fatal is not None:
             raise RuntimeError(f"worker {self.id} stopped: {self._fatal!r}") from self._fatal
 
@@ -344,6 +350,7 @@ class Worker:
                 max_attempts=job.max_attempts,
                 enqueued_at=from_timestamp(job.enqueued_at),  # type: ignore[arg-type]
                 _sink=functools.partial(self._report_progress, attempt),
+                completion_token=job.lease_token,
             )
         assert self._executor is not None
         coro = run_attempt(
@@ -471,7 +478,9 @@ class Worker:
                 job = self._announce.pop(outcome.id, None)
                 if ok and job is not None:
                     announce.append((job, outcome))
-                if not ok:
+                if not ok and outcome.kind is OutcomeKind.PARKED:
+                    log.info("job %s: completed from outside before it was parked", outcome.id)
+                elif not ok:
                     log.warning(
                         "job %s: %s rejected: the lease is no longer ours (fencing)",
                         outcome.id,
@@ -542,10 +551,13 @@ class Worker:
             if await self._call(
                 "maintenance lock", lambda: backend.try_lock(_MAINTENANCE_LOCK, self.id, ttl)
             ):
-                reaped = await self._call("reap", backend.reap)
-                if reaped:
-                    log.warning("reaped %d job(s) whose worker was lost", reaped)
+                reaped = await self._call("reap", backend.reap_lost)
+                if reaped is not None and reaped[0]:
+                    log.warning("reaped %d job(s) whose worker was lost", reaped[0])
                     self._wake.set()
+                    await maintenance.announce(self, backend, [("job.dead", i) for i in reaped[1]])
+                if backend.capabilities.external_completion:
+                    await maintenance.expire_waiting(self, backend)
                 await self._call("promote", backend.promote)
                 await self._call("periodic", lambda: self._scheduler.run_due(backend))
                 if time.monotonic() - last_purge > _PURGE_EVERY:

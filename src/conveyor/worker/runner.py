@@ -14,7 +14,7 @@ from typing import Any
 from conveyor.backends.base import Backend, ClaimedJob, Lease, Outcome, OutcomeKind
 from conveyor.context import JobContext, _current
 from conveyor.ratelimit import buckets_for
-from conveyor.retry import Fail, Retry
+from conveyor.retry import Await, Fail, Retry
 from conveyor.sandbox import SANDBOX_LIMIT_ERROR
 from conveyor.serialize import dumps, loads
 from conveyor.task import Task
@@ -144,6 +144,12 @@ async def run_attempt(
         return failed(job, task, "TimeoutError", f"timed out after {job.timeout:g} s")
     except Retry as exc:
         return failed(job, task, "Retry", exc.reason, None, delay=exc.delay)
+    except Await as exc:
+        if backend is not None and not backend.capabilities.external_completion:
+            return dead(
+                job, "Await", f"{type(backend).__name__} does not support external completion"
+            )
+        return Outcome(job.id, job.lease_token, OutcomeKind.PARKED, retry_delay=exc.deadline)
     except Fail as exc:
         return dead(job, "Fail", exc.reason)
     except (Exception, SystemExit) as exc:  # a sync task's sys.exit() is its own failure

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from conveyor.context import JobContext, _current
-from conveyor.retry import Fail, Retry
+from conveyor.retry import Await, Fail, Retry
 from conveyor.sandbox import Sandbox
 from conveyor.serialize import dumps
 from conveyor.worker import sandbox_fs
@@ -163,6 +163,9 @@ def _call(plan: ChildPlan) -> dict[str, Any]:
         return {"t": "retry", "message": exc.reason, "delay": exc.delay}
     except Fail as exc:
         return {"t": "fail", "message": exc.reason}
+    except Await:
+        # The child cannot park the job, and running it again would only await again.
+        return {"t": "fail", "message": "conveyor.Await is not supported in a sandboxed task"}
     except (Exception, SystemExit, KeyboardInterrupt) as exc:
         return {
             "t": "error",

@@ -98,11 +98,16 @@ class Queries:
     purge_key_windows: str
     take_rate: str
     get_jobs: str
+    # external.sql
+    park: str
+    complete_external: str
+    wait_status: str
+    expire_waiting: str
 
     @classmethod
     def load(cls, schema_name: str) -> Queries:
         named: dict[str, str] = {}
-        for source in ("queries.sql", "workflow.sql"):
+        for source in ("queries.sql", "workflow.sql", "external.sql"):
             text = files(_PACKAGE).joinpath(source).read_text(encoding="utf-8")
             found = parse_named(text)
             if found.keys() & named.keys():

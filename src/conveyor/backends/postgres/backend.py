@@ -45,12 +45,15 @@ from conveyor.backends.base import (
     ClaimedJob,
     Clock,
     DependencyNotFound,
+    ExternalReply,
     HeartbeatReply,
     Lease,
     NewJob,
     Outcome,
+    OutcomeKind,
     QueueStats,
     RateBucket,
+    external_refusal,
 )
 from conveyor.backends.postgres import _sql, _url
 from conveyor.backends.postgres._listen import Listener, Mark, Snapshot
@@ -69,14 +72,22 @@ POOL_TIMEOUT = 10.0
 PURGE_CHUNK = 5000
 #: Poll interval ceiling while the LISTEN connection is down (jittered below it).
 POLL_FALLBACK = 0.25
-_WAITING = frozenset({JobState.SCHEDULED, JobState.QUEUED, JobState.RETRYING, JobState.BLOCKED})
+_WAITING = frozenset(
+    {JobState.SCHEDULED, JobState.QUEUED, JobState.RETRYING, JobState.BLOCKED, JobState.WAITING}
+)
+_EXTERNAL_KINDS = (OutcomeKind.SUCCEEDED, OutcomeKind.RETRY, OutcomeKind.DEAD)
 _REPLAYABLE = frozenset({JobState.DEAD, JobState.CANCELLED})
 
 
 class PostgresBackend(Backend):
     """Conveyor on PostgreSQL >= 13 (psycopg 3, async, pooled)."""
 
-    capabilities = Capabilities(push_wakeups=True, multi_host=True, transactional_enqueue=True)
+    capabilities = Capabilities(
+        push_wakeups=True,
+        multi_host=True,
+        transactional_enqueue=True,
+        external_completion=True,
+    )
     transient_errors = (
         psycopg.OperationalError,  # includes PoolTimeout, deadlocks, admin shutdown
         psycopg.InterfaceError,
@@ -372,6 +383,8 @@ class PostgresBackend(Backend):
     async def finish(self, outcomes: Sequence[Outcome]) -> list[bool]:
         if not outcomes:
             return []
+        if any(o.kind is OutcomeKind.PARKED for o in outcomes):
+            return await self._finish_with_parks(outcomes)
         params = {
             "now": self._now(),
             "chan": self.channel,
@@ -386,6 +399,65 @@ class PostgresBackend(Backend):
         rows = await self._rows(self._q.finish, params)
         applied = {(job_id, token) for job_id, token in rows}
         return [(o.id, o.lease_token) in applied for o in outcomes]
+
+    async def _finish_with_parks(self, outcomes: Sequence[Outcome]) -> list[bool]:
+        """Parks (rare) go through their own statement; the rest through ``finish``."""
+        others = [o for o in outcomes if o.kind is not OutcomeKind.PARKED]
+        done = iter(await self.finish(others))
+        applied = []
+        for out in outcomes:
+            if out.kind is not OutcomeKind.PARKED:
+                applied.append(next(done))
+                continue
+            params = {
+                "now": self._now(),
+                "id": out.id,
+                "token": out.lease_token,
+                "delay": float(out.retry_delay),
+            }
+            async with self._conn() as conn, conn.transaction():
+                cur = await conn.execute(self._q.park, params)
+                row = await cur.fetchone()
+                if row is not None:
+                    await conn.execute(self._q.notify, {"chan": self.channel, "queue": row[0]})
+            applied.append(row is not None)
+        return applied
+
+    async def complete_external(self, outcome: Outcome) -> ExternalReply:
+        if outcome.kind not in _EXTERNAL_KINDS:
+            raise ValueError(f"an external completion cannot be {outcome.kind.value!r}")
+        params = {
+            "now": self._now(),
+            "id": outcome.id,
+            "token": outcome.lease_token,
+            "kind": outcome.kind.value,
+            "result": outcome.result_json,
+            "error": outcome.error_json,
+            "delay": float(outcome.retry_delay),
+        }
+        async with self._conn() as conn, conn.transaction():
+            cur = await conn.execute(self._q.wait_status, {"id": outcome.id})
+            status = await cur.fetchone()
+            if status is None or status[1] != outcome.lease_token:
+                return ExternalReply.UNKNOWN
+            cur = await conn.execute(self._q.complete_external, params)
+            row = await cur.fetchone()
+            if row is not None:
+                if row[0] == JobState.QUEUED:
+                    await conn.execute(self._q.notify, {"chan": self.channel, "queue": row[1]})
+                return ExternalReply.APPLIED
+            cur = await conn.execute(self._q.clock, {"now": self._now()})
+            now_row = await cur.fetchone()
+        assert now_row is not None
+        return external_refusal(status[0], status[2], status[3], float(now_row[0]))
+
+    async def expire_waiting(self) -> list[tuple[str, JobState]]:
+        async with self._conn() as conn, conn.transaction():
+            cur = await conn.execute(self._q.expire_waiting, {"now": self._now()})
+            rows = await cur.fetchall()
+            for queue in sorted({q for _, state, q in rows if state == JobState.QUEUED}):
+                await conn.execute(self._q.notify, {"chan": self.channel, "queue": queue})
+        return [(str(job_id), JobState(state)) for job_id, state, _ in rows]
 
     async def take_rate(self, lease: Lease, buckets: Sequence[RateBucket]) -> float:
         if not buckets:
@@ -441,8 +513,11 @@ class PostgresBackend(Backend):
 
     # -- maintenance -----------------------------------------------------------------
     async def reap(self) -> int:
+        return (await self.reap_lost())[0]
+
+    async def reap_lost(self) -> tuple[int, list[str]]:
         rows = await self._rows(self._q.reap, {"now": self._now(), "chan": self.channel})
-        return int(rows[0][0])
+        return int(rows[0][0]), [str(i) for i in rows[0][2]]
 
     async def promote(self) -> int:
         rows = await self._rows(self._q.promote, {"now": self._now(), "chan": self.channel})
@@ -597,7 +672,7 @@ class PostgresBackend(Backend):
 
 #: The columns of a ``build_stats`` counts row, after (queue, tenant).
 _COUNT_COLUMNS = ("scheduled", "queued", "running", "retrying", "dead", "succeeded", "cancelled")
-_OLDEST = len(_COUNT_COLUMNS)  # then the oldest ready_at, then the blocked count
+_OLDEST = len(_COUNT_COLUMNS)  # then the oldest ready_at, the blocked and waiting counts
 
 
 def _pivot_counts(rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
@@ -605,9 +680,11 @@ def _pivot_counts(rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     one-row-per-(queue, tenant) tuples ``build_stats`` reads."""
     by_pair: dict[tuple[str, str], list[Any]] = {}
     for queue, tenant, state, count, oldest in rows:
-        pair = by_pair.setdefault((queue, tenant), [0] * len(_COUNT_COLUMNS) + [None, 0])
+        pair = by_pair.setdefault((queue, tenant), [0] * len(_COUNT_COLUMNS) + [None, 0, 0])
         if state == "blocked":
             pair[_OLDEST + 1] = int(count)
+        elif state == "waiting":
+            pair[_OLDEST + 2] = int(count)
         else:
             pair[_COUNT_COLUMNS.index(state)] = int(count)
         if oldest is not None:

@@ -62,7 +62,7 @@ RETURNING id;
 -- qualified. %(keys)s -> (key, id) of the active jobs holding those dedup keys.
 SELECT key, id FROM {schema}.jobs
 WHERE key = ANY (%(keys)s::text[])
-  AND state IN ('scheduled', 'queued', 'running', 'retrying', 'blocked');
+  AND state IN ('scheduled', 'queued', 'running', 'retrying', 'blocked', 'waiting');
 
 
 -- name: claim
@@ -175,7 +175,8 @@ SELECT d.id, d.token FROM done AS d WHERE (SELECT count(*) FROM woken) >= 0;
 -- name: reap
 -- Expired leases (lease_expires_at <= now): back to queued, dead when no attempt is
 -- left, cancelled when a cancel was requested; records the WorkerLost error. Found
--- through jobs_running (running jobs are few). Returns how many were reaped.
+-- through jobs_running (running jobs are few). Returns how many were reaped, and the
+-- ids of those sent to dead (announced as job.dead by the worker).
 -- Dead ones are counted into job_totals here (cancelled ones by the trigger).
 WITH t AS (SELECT conveyor_now(%(now)s) AS now),
 reaped AS (
@@ -204,7 +205,7 @@ reaped AS (
         FOR UPDATE OF r SKIP LOCKED
     )
     AND j.state = 'running' AND j.lease_expires_at <= t.now
-    RETURNING j.queue, j.tenant, j.state
+    RETURNING j.queue, j.tenant, j.state, j.id
 ),
 totals AS (
     INSERT INTO job_totals AS c (queue, tenant, state, shard, n)
@@ -217,7 +218,8 @@ woken AS (
     SELECT pg_notify(%(chan)s, w.queue || ' ' || pg_current_xact_id())
     FROM (SELECT DISTINCT r.queue FROM reaped AS r) AS w
 )
-SELECT (SELECT count(*) FROM reaped)::integer, (SELECT count(*) FROM woken);
+SELECT (SELECT count(*) FROM reaped)::integer, (SELECT count(*) FROM woken),
+       (SELECT coalesce(array_agg(r.id), '{}') FROM reaped AS r WHERE r.state = 'dead');
 
 
 -- name: promote
@@ -349,12 +351,12 @@ SELECT state, key, queue FROM jobs WHERE id = %(id)s FOR UPDATE;
 
 
 -- name: cancel_waiting
--- scheduled/queued/retrying/blocked -> cancelled; the record expires result_ttl after
+-- scheduled/queued/retrying/blocked/waiting -> cancelled; the record expires result_ttl after
 -- now. Jobs waiting for this one are settled by the jobs_settle_dependents trigger.
 UPDATE jobs
 SET state = 'cancelled', finished_at = conveyor_now(%(now)s),
-    expires_at = conveyor_now(%(now)s) + result_ttl
-WHERE id = %(id)s AND state IN ('scheduled', 'queued', 'retrying', 'blocked');
+    expires_at = conveyor_now(%(now)s) + result_ttl, lease_expires_at = NULL
+WHERE id = %(id)s AND state IN ('scheduled', 'queued', 'retrying', 'blocked', 'waiting');
 
 
 -- name: request_cancel
@@ -366,7 +368,7 @@ UPDATE jobs SET cancel_requested = true WHERE id = %(id)s AND state = 'running';
 -- Is dedup %(key)s held by an active job other than %(id)s?
 SELECT id FROM jobs
 WHERE key = %(key)s AND id <> %(id)s
-  AND state IN ('scheduled', 'queued', 'running', 'retrying', 'blocked');
+  AND state IN ('scheduled', 'queued', 'running', 'retrying', 'blocked', 'waiting');
 
 
 -- name: replay
@@ -433,6 +435,9 @@ WHERE state IN ('scheduled', 'retrying') GROUP BY queue, tenant, state
 UNION ALL
 SELECT queue, tenant, 'blocked', count(*), NULL FROM jobs
 WHERE state = 'blocked' GROUP BY queue, tenant
+UNION ALL
+SELECT queue, tenant, 'waiting', count(*), NULL FROM jobs
+WHERE state = 'waiting' GROUP BY queue, tenant
 UNION ALL
 SELECT queue, tenant, state, sum(n)::bigint, NULL FROM job_totals
 GROUP BY queue, tenant, state HAVING sum(n) <> 0;

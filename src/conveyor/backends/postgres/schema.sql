@@ -53,7 +53,7 @@ CREATE TABLE jobs (
     base_priority     integer NOT NULL,              -- as enqueued; restored on requeue
     state             text COLLATE "C" NOT NULL CHECK (state IN (
                           'scheduled', 'queued', 'running', 'succeeded',
-                          'retrying', 'dead', 'cancelled', 'blocked')),
+                          'retrying', 'dead', 'cancelled', 'blocked', 'waiting')),
     args_json         text NOT NULL,
     kwargs_json       text NOT NULL,
     attempt           integer NOT NULL DEFAULT 0,
@@ -78,7 +78,9 @@ CREATE TABLE jobs (
     cancel_requested  boolean NOT NULL DEFAULT false,
     after_policy      text COLLATE "C",              -- 'success' or 'always' (after=)
     pending           integer NOT NULL DEFAULT 0,    -- unfinished dependencies (blocked)
-    dependents        integer NOT NULL DEFAULT 0     -- > 0: blocked jobs wait for this one
+    dependents        integer NOT NULL DEFAULT 0,    -- > 0: blocked jobs wait for this one
+    wait_token        text COLLATE "C",              -- completion token of its last Await
+    wait_until        double precision               -- deadline while waiting
 ) WITH (fillfactor = 80);  -- room for HOT heartbeat/progress updates on the same page
 
 -- The claim: per (queue, tenant), the next ready job by (priority, id); also the
@@ -96,7 +98,11 @@ CREATE INDEX jobs_expiry ON jobs (expires_at) WHERE expires_at IS NOT NULL;
 CREATE INDEX jobs_aging ON jobs (age_at) WHERE state = 'queued' AND age_at IS NOT NULL;
 -- Dedup: at most one active job per key (INSERT ... ON CONFLICT DO NOTHING).
 CREATE UNIQUE INDEX jobs_active_key ON jobs (key)
-    WHERE key IS NOT NULL AND state IN ('scheduled', 'queued', 'running', 'retrying', 'blocked');
+    WHERE key IS NOT NULL
+      AND state IN ('scheduled', 'queued', 'running', 'retrying', 'blocked', 'waiting');
+-- Expiry of waiting jobs (external completion) past their deadline. Its own column, so
+-- heartbeats (lease_expires_at only) stay HOT.
+CREATE INDEX jobs_waits ON jobs (wait_until) WHERE state = 'waiting';
 -- Operators: listing by state, newest first.
 CREATE INDEX jobs_by_state ON jobs (state, id);
 -- stats(): blocked jobs per queue and tenant.

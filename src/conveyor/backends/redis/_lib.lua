@@ -22,6 +22,7 @@
 --   QP..'cnt'               hash  state..':'..tenant -> count (stats)
 --   QP..'due'               zset  scheduled/retrying ids by run_at
 --   QP..'leases'            zset  running ids by lease_expires_at
+--   QP..'waits'             zset  waiting ids (external completion) by their deadline
 --   QP..'aging'             zset  ready ids by age_at (when aging next lifts them a level)
 --   QP..'exp'               zset  finished ids by expires_at (purge)
 --   QP..'wake'              pub/sub channel: "work may be ready in this queue"

@@ -20,6 +20,7 @@ STATES = (
     "succeeded",
     "cancelled",
     "blocked",
+    "waiting",
 )
 
 
@@ -133,5 +134,6 @@ def stats_from_reply(reply: Sequence[Any]) -> list[QueueStats]:
                 weight=weights.get(tenant, 1.0),
                 max_running=caps.get(tenant),
                 blocked=c.get("blocked", 0),
+                waiting=c.get("waiting", 0),
             )
     return [out[k] for k in sorted(out)]

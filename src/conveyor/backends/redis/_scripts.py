@@ -42,6 +42,9 @@ class Scripts:
     query: AsyncScript
     probe: AsyncScript
     rate: AsyncScript
+    park: AsyncScript
+    complete: AsyncScript
+    expire: AsyncScript
 
     @classmethod
     def register(cls, client: Any) -> Scripts:

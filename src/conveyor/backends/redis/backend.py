@@ -36,10 +36,12 @@ from conveyor.backends.base import (
     ClaimedJob,
     Clock,
     DependencyNotFound,
+    ExternalReply,
     HeartbeatReply,
     Lease,
     NewJob,
     Outcome,
+    OutcomeKind,
     QueueStats,
     RateBucket,
 )
@@ -70,11 +72,19 @@ def _num(value: float | None) -> str:
     return "" if value is None else repr(float(value))
 
 
+_EXTERNAL_KINDS = (OutcomeKind.SUCCEEDED, OutcomeKind.RETRY, OutcomeKind.DEAD)
+
+
 class RedisBackend(Backend):
     """``redis://host:port/db[?prefix=conveyor&allow_eviction=0]``, also ``rediss://``;
     ``redis://host:port?cluster=1`` for a Redis Cluster (see ``_url.py``)."""
 
-    capabilities = Capabilities(push_wakeups=True, multi_host=True, transactional_enqueue=False)
+    capabilities = Capabilities(
+        push_wakeups=True,
+        multi_host=True,
+        transactional_enqueue=False,
+        external_completion=True,
+    )
     transient_errors: tuple[type[BaseException], ...] = (
         rexc.ConnectionError,  # includes BusyLoadingError (a restarted server loading)
         rexc.TimeoutError,
@@ -243,6 +253,8 @@ class RedisBackend(Backend):
     async def finish(self, outcomes: Sequence[Outcome]) -> list[bool]:
         if not outcomes:
             return []
+        if any(o.kind is OutcomeKind.PARKED for o in outcomes):
+            return await self._finish_with_parks(outcomes)
         args: list[Any] = [self._now_arg(), self.keys.store]
         for out in outcomes:
             args += (
@@ -255,6 +267,49 @@ class RedisBackend(Backend):
             )
         reply: list[int] = await self._s.finish(keys=[self.keys.route], args=args)
         return [bool(x) for x in reply]
+
+    async def _finish_with_parks(self, outcomes: Sequence[Outcome]) -> list[bool]:
+        """Parks (rare) go through park.lua; the rest through finish.lua."""
+        others = [o for o in outcomes if o.kind is not OutcomeKind.PARKED]
+        done = iter(await self.finish(others))
+        applied = []
+        for out in outcomes:
+            if out.kind is not OutcomeKind.PARKED:
+                applied.append(next(done))
+                continue
+            args = [
+                self._now_arg(),
+                self.keys.store,
+                out.id,
+                out.lease_token,
+                _num(out.retry_delay),
+            ]
+            applied.append(bool(await self._s.park(keys=[self.keys.route], args=args)))
+        return applied
+
+    async def complete_external(self, outcome: Outcome) -> ExternalReply:
+        if outcome.kind not in _EXTERNAL_KINDS:
+            raise ValueError(f"an external completion cannot be {outcome.kind.value!r}")
+        args = [
+            self._now_arg(),
+            self.keys.store,
+            outcome.id,
+            outcome.lease_token,
+            outcome.kind.value,
+            outcome.result_json if outcome.result_json is not None else "",
+            outcome.error_json or "",
+            _num(outcome.retry_delay or 0.0),
+        ]
+        reply = await self._s.complete(keys=[self.keys.route], args=args)
+        return ExternalReply(reply[0])
+
+    async def expire_waiting(self) -> list[tuple[str, JobState]]:
+        prefixes = await self._queue_prefixes()
+        if not prefixes:
+            return []
+        args = [self._now_arg(), self.keys.store, *prefixes.values()]
+        flat = await self._s.expire(keys=[self.keys.route], args=args)
+        return [(str(flat[i]), JobState(flat[i + 1])) for i in range(0, len(flat), 2)]
 
     async def take_rate(self, lease: Lease, buckets: Sequence[RateBucket]) -> float:
         if not buckets:
@@ -311,7 +366,15 @@ class RedisBackend(Backend):
         return int(await script(keys=[self.keys.route], args=args))
 
     async def reap(self) -> int:
-        return await self._per_queue(self._s.reap)
+        return (await self.reap_lost())[0]
+
+    async def reap_lost(self) -> tuple[int, list[str]]:
+        prefixes = await self._queue_prefixes()
+        if not prefixes:
+            return 0, []
+        args = [self._now_arg(), self.keys.store, *prefixes.values()]
+        reply = await self._s.reap(keys=[self.keys.route], args=args)
+        return int(reply[0]), [str(i) for i in reply[1:]]
 
     async def promote(self) -> int:
         return await self._per_queue(self._s.promote)

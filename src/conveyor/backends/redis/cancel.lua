@@ -1,4 +1,5 @@
--- cancel: waiting jobs (scheduled, queued, retrying, blocked) become cancelled at once,
+-- cancel: jobs not running (scheduled, queued, retrying, blocked, waiting) become
+-- cancelled at once,
 -- and the jobs waiting for them are settled; a running job gets a cancel request.
 --
 -- KEYS[1]  routing key   ARGV[1]  now ('' = Redis TIME)   ARGV[2]  G   ARGV[3]  job id
@@ -12,9 +13,13 @@ if not state then
     return nil
 end
 local QP, tenant = f[2], f[3]
-if state == 'queued' or state == 'scheduled' or state == 'retrying' or state == 'blocked' then
+if state == 'queued' or state == 'scheduled' or state == 'retrying' or state == 'blocked'
+    or state == 'waiting' then
     if state == 'queued' then
         unready(QP, id, tenant, f[4], f[5])
+    elseif state == 'waiting' then
+        redis.call('ZREM', QP .. 'waits', id)
+        redis.call('HDEL', key, 'lease_expires_at')
     elseif state ~= 'blocked' then
         redis.call('ZREM', QP .. 'due', id)
     end

@@ -3,11 +3,12 @@
 --
 -- KEYS[1]  routing key   ARGV[1]  now ('' = Redis TIME)   ARGV[2]  G
 -- ARGV[3..]  queue prefixes QP
--- Returns the number of jobs reaped.
+-- Returns {the number of jobs reaped, the ids of those sent to dead...}.
 local now = clock(ARGV[1])
 local G = ARGV[2]
 local snow = fmt(now)
 local reaped = 0
+local dead = {}
 for i = 3, #ARGV do
     local QP = ARGV[i]
     local woke = false
@@ -44,9 +45,13 @@ for i = 3, #ARGV do
                 end
                 release_key(G, id, f[8])
                 settle_dependents(G, id, new, task, now)
+                if new == 'dead' then
+                    dead[#dead + 1] = id
+                end
             end
         end
     end
     if woke then wake(QP) end
 end
-return reaped
+table.insert(dead, 1, reaped)
+return dead

@@ -14,7 +14,7 @@ from conveyor.backends.sqlite import _sql
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: RETURNING (3.35) is used by claim, heartbeat and try_lock.
 MIN_SQLITE = (3, 35, 0)
 BUSY_TIMEOUT_MS = 30_000
@@ -107,8 +107,8 @@ def _create_schema(conn: sqlite3.Connection, path: str) -> None:
                 f"knows {SCHEMA_VERSION}); upgrade conveyor"
             )
         schema = _sql.schema()
-        if version == 1:
-            for statement in _upgrade_v1(conn, schema):
+        if version in (1, 2):
+            for statement in _rebuild_jobs(conn, schema):
                 conn.execute(statement)
         for statement in _statements(schema):
             conn.execute(statement)
@@ -135,11 +135,12 @@ def _statements(script: str) -> list[str]:
     return out
 
 
-def _upgrade_v1(conn: sqlite3.Connection, schema: str) -> list[str]:
-    """SQL that turns a version 1 file into version 2, run before the schema script.
+def _rebuild_jobs(conn: sqlite3.Connection, schema: str) -> list[str]:
+    """SQL that turns a version 1 or 2 file into version 3, run before the schema script.
 
-    Version 2 allows the state ``blocked`` (a CHECK constraint, which SQLite cannot
-    alter) and adds the dependency columns, so the jobs table is rebuilt: copied into
+    Version 2 allowed the state ``blocked`` and added the dependency columns; version 3
+    allows ``waiting`` and adds ``wait_token`` (external completion). A CHECK
+    constraint cannot be altered in SQLite, so the jobs table is rebuilt: copied into
     the new definition (taken from schema.sql itself, so the two cannot drift) while no
     trigger is attached, then the schema script re-creates indexes and triggers. The
     counter tables stay exact: the copy fires no trigger.
@@ -150,10 +151,10 @@ def _upgrade_v1(conn: sqlite3.Connection, schema: str) -> list[str]:
     new_table = found.group(0).replace("CREATE TABLE IF NOT EXISTS jobs (", "CREATE TABLE jobs (")
     columns = ", ".join(row[1] for row in conn.execute("PRAGMA table_info(jobs)"))
     return [
-        "ALTER TABLE jobs RENAME TO jobs_v1",
+        "ALTER TABLE jobs RENAME TO jobs_old",
         new_table,
-        f"INSERT INTO jobs ({columns}) SELECT {columns} FROM jobs_v1",
+        f"INSERT INTO jobs ({columns}) SELECT {columns} FROM jobs_old",
         # Dropping the old table drops its indexes and triggers, so the schema script
         # creates the new ones under the same names.
-        "DROP TABLE jobs_v1",
+        "DROP TABLE jobs_old",
     ]

@@ -9,7 +9,14 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Mapping
 
-from conveyor.backends.base import QueueStats, job_error_json
+from conveyor.backends.base import (
+    EXTERNAL_TIMEOUT,
+    EXTERNAL_TIMEOUT_MESSAGE,
+    ExternalReply,
+    QueueStats,
+    external_refusal,
+    job_error_json,
+)
 from conveyor.backends.sqlite._records import build_stats, job_from_row
 from conveyor.backends.sqlite._sql import Queries
 from conveyor.errors import InvalidTransition
@@ -17,7 +24,9 @@ from conveyor.job import Job, JobState
 
 #: Aging moves a job one level per pass; 10 passes cover priorities 9 -> 0.
 _MAX_AGING_PASSES = 10
-_WAITING = frozenset({JobState.SCHEDULED, JobState.QUEUED, JobState.RETRYING, JobState.BLOCKED})
+_WAITING = frozenset(
+    {JobState.SCHEDULED, JobState.QUEUED, JobState.RETRYING, JobState.BLOCKED, JobState.WAITING}
+)
 _REPLAYABLE = frozenset({JobState.DEAD, JobState.CANCELLED})
 WORKER_LOST = "worker lost (lease expired)"
 
@@ -33,10 +42,11 @@ def promote(conn: sqlite3.Connection, now: float, q: Queries, limit: int) -> int
     return changed
 
 
-def reap(conn: sqlite3.Connection, now: float, q: Queries) -> int:
+def reap(conn: sqlite3.Connection, now: float, q: Queries) -> tuple[int, list[str]]:
+    """Reaps expired leases; returns how many, and the ids of those now dead."""
     expired = conn.execute(q.expired_leases, {"now": now}).fetchall()
     if not expired:
-        return 0
+        return 0, []
     params = [
         {
             "id": job_id,
@@ -44,10 +54,31 @@ def reap(conn: sqlite3.Connection, now: float, q: Queries) -> int:
             "now": now,
             "error": job_error_json(attempt, "WorkerLost", WORKER_LOST, now),
         }
-        for job_id, token, attempt in expired
+        for job_id, token, attempt, _ in expired
     ]
     reaped: int = conn.executemany(q.reap_one, params).rowcount
-    return reaped
+    # Same transaction as the read, so every row read was reaped as predicted.
+    return reaped, [str(job_id) for job_id, _, _, dies in expired if dies]
+
+
+def expire_waiting(conn: sqlite3.Connection, now: float, q: Queries) -> list[tuple[str, JobState]]:
+    out = []
+    for job_id, attempt in conn.execute(q.expired_waits, {"now": now}).fetchall():
+        error = job_error_json(attempt, EXTERNAL_TIMEOUT, EXTERNAL_TIMEOUT_MESSAGE, now)
+        row = conn.execute(q.expire_wait, {"id": job_id, "now": now, "error": error}).fetchone()
+        if row is not None:
+            out.append((str(job_id), JobState(row[0])))
+    return out
+
+
+def refusal(
+    conn: sqlite3.Connection, now: float, q: Queries, job_id: str, token: str
+) -> ExternalReply:
+    """Why a completion did not apply (read in the same transaction)."""
+    row = conn.execute(q.wait_status, {"id": job_id}).fetchone()
+    if row is None or row[1] is None or row[1] != token:
+        return ExternalReply.UNKNOWN
+    return external_refusal(row[0], row[2], row[3], now)
 
 
 def purge(conn: sqlite3.Connection, now: float, q: Queries, limit: int) -> int:

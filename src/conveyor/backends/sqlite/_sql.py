@@ -69,9 +69,13 @@ class Queries:
     finish_dead: str
     finish_cancelled: str
     finish_released: str
+    finish_parked: str
+    wait_status: str
     # admin.sql
     expired_leases: str
     reap_one: str
+    expired_waits: str
+    expire_wait: str
     purge_expired: str
     prune_tenants: str
     try_lock: str

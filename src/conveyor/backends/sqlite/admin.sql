@@ -11,8 +11,10 @@
 
 
 -- name: expired_leases
--- Running jobs whose lease ended at or before :now.
-SELECT id, lease_token, attempt FROM jobs INDEXED BY jobs_leases
+-- Running jobs whose lease ended at or before :now (and whether reaping sends them to
+-- dead: no attempt left and no cancel request).
+SELECT id, lease_token, attempt, attempt >= max_attempts AND NOT cancel_requested
+FROM jobs INDEXED BY jobs_leases
 WHERE state = 'running' AND lease_expires_at <= :now;
 
 
@@ -33,6 +35,27 @@ SET state = CASE WHEN cancel_requested THEN 'cancelled'
     lease_token = NULL,
     lease_expires_at = NULL
 WHERE id = :id AND lease_token = :token AND state = 'running';
+
+
+-- name: expired_waits
+-- Waiting jobs (external completion) whose deadline is at or before :now.
+SELECT id, attempt FROM jobs INDEXED BY jobs_waits
+WHERE state = 'waiting' AND lease_expires_at <= :now;
+
+
+-- name: expire_wait
+-- Deadline passed: record :error, then queued again, or dead when no attempt is left.
+UPDATE jobs
+SET state = CASE WHEN attempt < max_attempts THEN 'queued' ELSE 'dead' END,
+    finished_at = CASE WHEN attempt >= max_attempts THEN :now END,
+    ready_at = CASE WHEN attempt < max_attempts THEN :now ELSE ready_at END,
+    priority = base_priority,
+    age_at = CASE WHEN attempt < max_attempts AND base_priority > 0
+                  THEN :now + (SELECT aging FROM queues WHERE name = jobs.queue) END,
+    errors_json = json_insert(errors_json, '$[#]', json(:error)),
+    lease_expires_at = NULL
+WHERE id = :id AND state = 'waiting' AND lease_expires_at <= :now
+RETURNING state;
 
 
 -- name: purge_expired
@@ -113,11 +136,12 @@ SELECT state, key FROM jobs WHERE id = :id;
 
 
 -- name: cancel_waiting
--- scheduled/queued/retrying/blocked -> cancelled; the record expires result_ttl after
+-- scheduled/queued/retrying/blocked/waiting -> cancelled; the record expires result_ttl after
 -- :now. Jobs waiting for this one are settled by the jobs_settle_dependents trigger.
 UPDATE jobs
-SET state = 'cancelled', finished_at = :now, expires_at = :now + result_ttl
-WHERE id = :id AND state IN ('scheduled', 'queued', 'retrying', 'blocked');
+SET state = 'cancelled', finished_at = :now, expires_at = :now + result_ttl,
+    lease_expires_at = NULL
+WHERE id = :id AND state IN ('scheduled', 'queued', 'retrying', 'blocked', 'waiting');
 
 
 -- name: request_cancel
@@ -129,7 +153,7 @@ UPDATE jobs SET cancel_requested = 1 WHERE id = :id AND state = 'running';
 -- Is dedup :key held by an active job other than :id?
 SELECT id FROM jobs INDEXED BY jobs_active_key
 WHERE key = :key AND id <> :id
-  AND state IN ('scheduled', 'queued', 'running', 'retrying', 'blocked');
+  AND state IN ('scheduled', 'queued', 'running', 'retrying', 'blocked', 'waiting');
 
 
 -- name: replay
@@ -180,7 +204,7 @@ SELECT queue, tenant,
        sum(state = 'retrying'), sum(state = 'dead'), sum(state = 'succeeded'),
        sum(state = 'cancelled'),
        min(CASE WHEN state = 'queued' THEN ready_at END),
-       sum(state = 'blocked')
+       sum(state = 'blocked'), sum(state = 'waiting')
 FROM jobs
 GROUP BY queue, tenant;
 

@@ -35,6 +35,7 @@ from conveyor.backends.base import (
     Capabilities,
     ClaimedJob,
     Clock,
+    ExternalReply,
     HeartbeatReply,
     Lease,
     NewJob,
@@ -68,13 +69,20 @@ _FINISH_SQL = {
     OutcomeKind.DEAD: "finish_dead",
     OutcomeKind.CANCELLED: "finish_cancelled",
     OutcomeKind.RELEASED: "finish_released",
+    OutcomeKind.PARKED: "finish_parked",
 }
+_EXTERNAL_KINDS = (OutcomeKind.SUCCEEDED, OutcomeKind.RETRY, OutcomeKind.DEAD)
 
 
 class SQLiteBackend(Backend):
     """Conveyor's embedded store: ``sqlite:///path/to/conveyor.db[?synchronous=full]``."""
 
-    capabilities = Capabilities(push_wakeups=False, multi_host=False, transactional_enqueue=False)
+    capabilities = Capabilities(
+        push_wakeups=False,
+        multi_host=False,
+        transactional_enqueue=False,
+        external_completion=True,
+    )
 
     def __init__(self, url: str, *, clock: Clock | None = None) -> None:
         super().__init__(url, clock=clock)
@@ -295,11 +303,16 @@ class SQLiteBackend(Backend):
         return await self._write(lambda conn, now: self._tx_finish(conn, now, outcomes), wakes=True)
 
     def _tx_finish(
-        self, conn: sqlite3.Connection, now: float, outcomes: Sequence[Outcome]
+        self,
+        conn: sqlite3.Connection,
+        now: float,
+        outcomes: Sequence[Outcome],
+        external: bool = False,
     ) -> list[bool]:
         applied = []
         for out in outcomes:
             params = {
+                "external": external,
                 "id": out.id,
                 "token": out.lease_token,
                 "now": now,
@@ -310,6 +323,22 @@ class SQLiteBackend(Backend):
             sql = getattr(self._q, _FINISH_SQL[out.kind])
             applied.append(conn.execute(sql, params).rowcount == 1)
         return applied
+
+    async def complete_external(self, outcome: Outcome) -> ExternalReply:
+        if outcome.kind not in _EXTERNAL_KINDS:
+            raise ValueError(f"an external completion cannot be {outcome.kind.value!r}")
+
+        def body(conn: sqlite3.Connection, now: float) -> ExternalReply:
+            if self._tx_finish(conn, now, [outcome], external=True)[0]:
+                return ExternalReply.APPLIED
+            return _ops.refusal(conn, now, self._q, outcome.id, outcome.lease_token)
+
+        return await self._write(body, wakes=True)
+
+    async def expire_waiting(self) -> list[tuple[str, JobState]]:
+        return await self._write(
+            lambda conn, now: _ops.expire_waiting(conn, now, self._q), wakes=True
+        )
 
     async def take_rate(self, lease: Lease, buckets: Sequence[RateBucket]) -> float:
         if not buckets:
@@ -376,6 +405,9 @@ class SQLiteBackend(Backend):
 
     # -- maintenance -----------------------------------------------------------------
     async def reap(self) -> int:
+        return (await self.reap_lost())[0]
+
+    async def reap_lost(self) -> tuple[int, list[str]]:
         return await self._write(lambda conn, now: _ops.reap(conn, now, self._q), wakes=True)
 
     async def promote(self) -> int:

@@ -1,4 +1,4 @@
--- Conveyor SQLite schema, version 2 (version 1 files are upgraded by _connection.py).
+-- Conveyor SQLite schema, version 3 (versions 1 and 2 are upgraded by _connection.py).
 --
 -- Tables
 --   jobs          one row per job (the only table with real data)
@@ -37,7 +37,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     base_priority     INTEGER NOT NULL,      -- as enqueued; restored whenever it is queued anew
     state             TEXT NOT NULL CHECK (state IN (
                           'scheduled', 'queued', 'running', 'succeeded',
-                          'retrying', 'dead', 'cancelled', 'blocked')),
+                          'retrying', 'dead', 'cancelled', 'blocked', 'waiting')),
     args_json         TEXT NOT NULL,
     kwargs_json       TEXT NOT NULL,
     attempt           INTEGER NOT NULL DEFAULT 0,
@@ -53,7 +53,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     finished_at       REAL,
     expires_at        REAL,                  -- purge after this (succeeded/cancelled only)
     lease_token       TEXT,
-    lease_expires_at  REAL,
+    lease_expires_at  REAL,                  -- lease end; for a waiting job: its deadline
     worker            TEXT,
     progress          REAL,
     progress_message  TEXT,
@@ -62,7 +62,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     cancel_requested  INTEGER NOT NULL DEFAULT 0,
     after_policy      TEXT,                  -- 'success' or 'always' (jobs with after=)
     pending           INTEGER NOT NULL DEFAULT 0,  -- unfinished dependencies (blocked)
-    dependents        INTEGER NOT NULL DEFAULT 0   -- > 0: blocked jobs wait for this one
+    dependents        INTEGER NOT NULL DEFAULT 0,  -- > 0: blocked jobs wait for this one
+    wait_token        TEXT                   -- completion token of its last Await (kept
+                                             -- afterwards, so a late completion is told apart)
 );
 
 -- Claim: the head of a lane is the first entry for (queue, priority, tenant, task).
@@ -74,6 +76,9 @@ CREATE INDEX IF NOT EXISTS jobs_due
 -- Reaper.
 CREATE INDEX IF NOT EXISTS jobs_leases
     ON jobs (lease_expires_at) WHERE state = 'running';
+-- Expiry of waiting jobs (external completion) past their deadline.
+CREATE INDEX IF NOT EXISTS jobs_waits
+    ON jobs (lease_expires_at) WHERE state = 'waiting';
 -- Purge.
 CREATE INDEX IF NOT EXISTS jobs_expiry
     ON jobs (expires_at) WHERE expires_at IS NOT NULL;
@@ -85,7 +90,7 @@ CREATE INDEX IF NOT EXISTS jobs_aging
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_active_key
     ON jobs (key)
     WHERE key IS NOT NULL
-      AND state IN ('scheduled', 'queued', 'running', 'retrying', 'blocked');
+      AND state IN ('scheduled', 'queued', 'running', 'retrying', 'blocked', 'waiting');
 -- Operators: listing by state, newest first.
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, id);
 
@@ -316,4 +321,4 @@ CREATE TABLE IF NOT EXISTS records (
     PRIMARY KEY (kind, key)
 ) WITHOUT ROWID;
 
-PRAGMA user_version = 2;
+PRAGMA user_version = 3;

@@ -40,7 +40,7 @@ ON CONFLICT DO NOTHING;
 -- name: active_job_by_key
 -- :key -> id of the active job holding the dedup key, if any.
 SELECT id FROM jobs INDEXED BY jobs_active_key
-WHERE key = :key AND state IN ('scheduled', 'queued', 'running', 'retrying', 'blocked');
+WHERE key = :key AND state IN ('scheduled', 'queued', 'running', 'retrying', 'blocked', 'waiting');
 
 
 -- name: promote_due
@@ -151,6 +151,10 @@ WHERE id = :id AND lease_token = :token AND state = 'running';
 
 -- name: finish_succeeded
 -- :result (JSON text); the record expires result_ttl seconds after :now.
+-- finish_succeeded, finish_retry and finish_dead also complete a waiting job from
+-- outside (complete_external, :external = 1): :token is then its completion token,
+-- accepted only before the deadline; a worker's finish (:external = 0) never touches
+-- a waiting job. (A waiting job never has cancel_requested set: cancel cancels it.)
 UPDATE jobs
 SET state = 'succeeded',
     result_json = :result,
@@ -158,7 +162,9 @@ SET state = 'succeeded',
     expires_at = :now + result_ttl,
     lease_token = NULL,
     lease_expires_at = NULL
-WHERE id = :id AND lease_token = :token AND state = 'running';
+WHERE id = :id AND (state = 'running' AND lease_token = :token AND NOT :external
+                  OR state = 'waiting' AND :external AND wait_token = :token
+                     AND lease_expires_at > :now);
 
 
 -- name: finish_retry
@@ -186,7 +192,9 @@ SET state = CASE WHEN cancel_requested THEN 'cancelled'
                        ELSE json_insert(errors_json, '$[#]', json(:error)) END,
     lease_token = NULL,
     lease_expires_at = NULL
-WHERE id = :id AND lease_token = :token AND state = 'running';
+WHERE id = :id AND (state = 'running' AND lease_token = :token AND NOT :external
+                  OR state = 'waiting' AND :external AND wait_token = :token
+                     AND lease_expires_at > :now);
 
 
 -- name: finish_dead
@@ -198,7 +206,9 @@ SET state = 'dead',
                        ELSE json_insert(errors_json, '$[#]', json(:error)) END,
     lease_token = NULL,
     lease_expires_at = NULL
-WHERE id = :id AND lease_token = :token AND state = 'running';
+WHERE id = :id AND (state = 'running' AND lease_token = :token AND NOT :external
+                  OR state = 'waiting' AND :external AND wait_token = :token
+                     AND lease_expires_at > :now);
 
 
 -- name: finish_cancelled
@@ -229,3 +239,24 @@ SET state = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END,
     lease_token = NULL,
     lease_expires_at = NULL
 WHERE id = :id AND lease_token = :token AND state = 'running';
+
+
+-- name: finish_parked
+-- Await: the job waits for an outside service until :now + :delay (the deadline, kept
+-- in lease_expires_at); its lease token becomes the completion token. Cancelled
+-- instead if someone asked to cancel it while it ran.
+UPDATE jobs
+SET state = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'waiting' END,
+    wait_token = CASE WHEN cancel_requested THEN wait_token ELSE lease_token END,
+    lease_expires_at = CASE WHEN cancel_requested THEN NULL ELSE :now + :delay END,
+    finished_at = CASE WHEN cancel_requested THEN :now ELSE finished_at END,
+    expires_at = CASE WHEN cancel_requested THEN :now + result_ttl ELSE expires_at END,
+    lease_token = NULL
+WHERE id = :id AND lease_token = :token AND state = 'running';
+
+
+-- name: wait_status
+-- Why complete_external was refused: the job's state, completion token, deadline and
+-- the type of its last error (ExternalTimeout: the deadline passed and it expired).
+SELECT state, wait_token, lease_expires_at, json_extract(errors_json, '$[#-1].type')
+FROM jobs WHERE id = :id;
