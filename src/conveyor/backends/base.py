@@ -46,6 +46,9 @@ class Capabilities:
     multi_host: bool = False
     #: ``enqueue`` can join a caller's own database transaction.
     transactional_enqueue: bool = False
+    #: ``enqueue_blocking`` stores jobs from the calling thread, without an event loop:
+    #: the sync API then skips its hop through the background loop.
+    blocking_enqueue: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +206,17 @@ class Backend(abc.ABC):
     ) -> list[str]:
         """``enqueue_in_transaction`` on the caller's async connection."""
         raise NotImplementedError(f"{type(self).__name__} has no transactional enqueue")
+
+    def enqueue_blocking(self, jobs: Sequence[NewJob]) -> list[str]:
+        """``enqueue`` for sync callers, run in the calling thread; safe from many threads.
+
+        Connects on first use (with the same server checks as ``open()``), independently
+        of ``open()``. Only engines with ``capabilities.blocking_enqueue``.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no blocking enqueue")
+
+    def close_blocking(self) -> None:  # noqa: B027 (optional: most engines open nothing)
+        """Close what ``enqueue_blocking`` opened (idempotent)."""
 
     # -- workers -----------------------------------------------------------------------
     @abc.abstractmethod

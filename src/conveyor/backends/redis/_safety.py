@@ -24,27 +24,55 @@ class UnsafeServerError(ConveyorError):
     """The Redis server is configured in a way that can silently lose jobs."""
 
 
+_SETTINGS = ("maxmemory-policy", "appendonly", "save")
+
+
+def _from_info(info: dict[str, Any]) -> dict[str, str]:
+    return {
+        "maxmemory-policy": str(info.get("maxmemory_policy", "noeviction")),
+        "appendonly": "yes" if int(info.get("aof_enabled", 0)) else "no",
+        # INFO does not show the save schedule; assume snapshots are configured.
+        "save": "unknown",
+    }
+
+
 async def server_settings(client: Any) -> dict[str, str]:
     """maxmemory-policy, appendonly and save, from CONFIG or (where CONFIG is disabled,
     as on some managed services) from INFO."""
     try:
         settings: dict[str, str] = {}
-        for name in ("maxmemory-policy", "appendonly", "save"):
+        for name in _SETTINGS:
             settings.update(await client.config_get(name))
         return settings
     except ResponseError:
         info = await client.info("memory")
         info.update(await client.info("persistence"))
-        return {
-            "maxmemory-policy": str(info.get("maxmemory_policy", "noeviction")),
-            "appendonly": "yes" if int(info.get("aof_enabled", 0)) else "no",
-            # INFO does not show the save schedule; assume snapshots are configured.
-            "save": "unknown",
-        }
+        return _from_info(info)
+
+
+def server_settings_blocking(client: Any) -> dict[str, str]:
+    """``server_settings`` over a sync client."""
+    try:
+        settings: dict[str, str] = {}
+        for name in _SETTINGS:
+            settings.update(client.config_get(name))
+        return settings
+    except ResponseError:
+        info = client.info("memory")
+        info.update(client.info("persistence"))
+        return _from_info(info)
 
 
 async def check_server(client: Any, where: str, *, allow_eviction: bool) -> None:
-    settings = await server_settings(client)
+    judge(await server_settings(client), where, allow_eviction=allow_eviction)
+
+
+def check_server_blocking(client: Any, where: str, *, allow_eviction: bool) -> None:
+    judge(server_settings_blocking(client), where, allow_eviction=allow_eviction)
+
+
+def judge(settings: dict[str, str], where: str, *, allow_eviction: bool) -> None:
+    """Refuse a server that evicts keys (unless allowed); warn once if it persists nothing."""
     policy = settings.get("maxmemory-policy", "noeviction")
     if policy != "noeviction":
         message = (

@@ -20,6 +20,11 @@ def _source(name: str) -> str:
     return resources.files(_PACKAGE).joinpath(f"{name}.lua").read_text(encoding="utf-8")
 
 
+def script_source(name: str) -> str:
+    """A script as sent to Redis: the shared helpers, then ``<name>.lua``."""
+    return f"{_source('_lib')}\n-- {name}.lua\n{_source(name)}"
+
+
 @dataclass(frozen=True, slots=True)
 class Scripts:
     enqueue: AsyncScript
@@ -42,10 +47,4 @@ class Scripts:
 
     @classmethod
     def register(cls, client: Any) -> Scripts:
-        lib = _source("_lib")
-        return cls(
-            **{
-                f.name: client.register_script(f"{lib}\n-- {f.name}.lua\n{_source(f.name)}")
-                for f in fields(cls)
-            }
-        )
+        return cls(**{f.name: client.register_script(script_source(f.name)) for f in fields(cls)})

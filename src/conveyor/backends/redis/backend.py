@@ -44,6 +44,7 @@ from conveyor.backends.base import (
     Outcome,
     QueueStats,
 )
+from conveyor.backends.redis._blocking import BlockingEnqueuer
 from conveyor.backends.redis._records import (
     STATES,
     claimed_from_reply,
@@ -73,7 +74,9 @@ def _num(value: float | None) -> str:
 class RedisBackend(Backend):
     """``redis://host:port/db[?prefix=conveyor&allow_eviction=0]``, also ``rediss://``."""
 
-    capabilities = Capabilities(push_wakeups=True, multi_host=True, transactional_enqueue=False)
+    capabilities = Capabilities(
+        push_wakeups=True, multi_host=True, transactional_enqueue=False, blocking_enqueue=True
+    )
     transient_errors: tuple[type[BaseException], ...] = (
         rexc.ConnectionError,  # includes BusyLoadingError (a restarted server loading)
         rexc.TimeoutError,
@@ -92,6 +95,7 @@ class RedisBackend(Backend):
         self._wake: WakeListener | None = None
         #: monotonic time when the earliest waiting job of the last claimed queues falls due.
         self._due_at: float | None = None
+        self._blocking = BlockingEnqueuer(self.options)
 
     # -- plumbing --------------------------------------------------------------------
     def _now_arg(self) -> str:
@@ -151,9 +155,7 @@ class RedisBackend(Backend):
         return float(seconds) + float(micros) / 1e6
 
     # -- producers -------------------------------------------------------------------
-    async def enqueue(self, jobs: Sequence[NewJob]) -> list[str]:
-        if not jobs:
-            return []
+    def _enqueue_args(self, jobs: Sequence[NewJob]) -> list[str]:
         queues: dict[str, int] = {}
         for job in jobs:
             queues.setdefault(job.queue, len(queues) + 1)
@@ -177,16 +179,30 @@ class RedisBackend(Backend):
             )
             for job in jobs
         ]
-        args = [
+        return [
             self._now_arg(),
             self.keys.store,
             json.dumps([(name, self.keys.queue(name)) for name in queues]),
             json.dumps(rows, ensure_ascii=False),
         ]
-        ids: list[str] = await self._s.enqueue(keys=[self.keys.route], args=args)
+
+    async def enqueue(self, jobs: Sequence[NewJob]) -> list[str]:
+        if not jobs:
+            return []
+        ids: list[str] = await self._s.enqueue(
+            keys=[self.keys.route], args=self._enqueue_args(jobs)
+        )
         if self._wake is not None:
             self._wake.flag.set()  # our own listener may not be subscribed to these queues
         return ids
+
+    def enqueue_blocking(self, jobs: Sequence[NewJob]) -> list[str]:
+        if not jobs:
+            return []
+        return self._blocking.run([self.keys.route], self._enqueue_args(jobs))
+
+    def close_blocking(self) -> None:
+        self._blocking.close()
 
     # -- workers ---------------------------------------------------------------------
     async def claim(

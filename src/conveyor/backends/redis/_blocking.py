@@ -1,0 +1,69 @@
+"""Enqueue from the caller's own thread: the sync API's fast path.
+
+The sync ``App.enqueue`` otherwise hands every call to a background event loop and
+blocks for the answer; those two thread hand-offs cost more than the enqueue itself.
+Here the calling thread runs the same ``enqueue.lua`` over redis-py's sync client
+(hiredis parser). Its connection pool is thread-safe (each call borrows a connection)
+and starts over in a forked child, so many threads and pre-forking servers may share one
+``App``. Arguments are encoded by the same function as the async path, so there is one
+wire format.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from redis.backoff import NoBackoff
+from redis.client import Redis
+from redis.retry import Retry
+
+from conveyor.backends.redis._safety import check_server_blocking
+from conveyor.backends.redis._scripts import script_source
+from conveyor.backends.redis._url import RedisOptions
+
+
+class BlockingEnqueuer:
+    """A sync client and the enqueue script, connected (and the server checked) lazily."""
+
+    def __init__(self, options: RedisOptions) -> None:
+        self._options = options
+        self._lock = threading.Lock()
+        self._client: Any = None
+        self._script: Any = None
+
+    def _open(self) -> Any:
+        with self._lock:
+            if self._script is None:
+                # The same choices as the async client: no command retry after a
+                # connection error (the caller may retry; enqueue is idempotent per id).
+                client = Redis.from_url(
+                    self._options.client_url,
+                    decode_responses=True,
+                    retry=Retry(NoBackoff(), 0),
+                    socket_timeout=None,
+                    socket_connect_timeout=5.0,
+                    socket_keepalive=True,
+                    health_check_interval=15,
+                )
+                try:
+                    check_server_blocking(
+                        client, self._options.where, allow_eviction=self._options.allow_eviction
+                    )
+                except BaseException:
+                    client.close()
+                    raise
+                self._client = client
+                self._script = client.register_script(script_source("enqueue"))
+            return self._script
+
+    def run(self, keys: list[str], args: list[Any]) -> list[str]:
+        script = self._script or self._open()
+        ids: list[str] = script(keys=keys, args=args)
+        return ids
+
+    def close(self) -> None:
+        with self._lock:
+            client, self._client, self._script = self._client, None, None
+        if client is not None:
+            client.close()
