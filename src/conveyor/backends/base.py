@@ -236,6 +236,25 @@ class Backend(abc.ABC):
         ``concurrency`` (running jobs of that task in the whole store).
         """
 
+    async def finish_and_claim(
+        self,
+        outcomes: Sequence[Outcome],
+        queues: Sequence[str],
+        limit: int,
+        *,
+        worker: str,
+        lease: float,
+        task_caps: Mapping[str, int] | None = None,
+    ) -> tuple[list[bool], list[ClaimedJob]]:
+        """``finish(outcomes)``, then ``claim(...)``: the worker's steady state.
+
+        An engine may do both in one atomic operation and one round trip; the outcomes
+        are applied first either way, so the slots and caps they free count for the claim.
+        """
+        applied = await self.finish(outcomes) if outcomes else []
+        claimed = await self.claim(queues, limit, worker=worker, lease=lease, task_caps=task_caps)
+        return applied, claimed
+
     @abc.abstractmethod
     async def heartbeat(self, leases: Sequence[Lease], *, lease: float) -> HeartbeatReply:
         """Extend each held lease to now + ``lease``."""

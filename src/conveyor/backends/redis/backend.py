@@ -71,6 +71,21 @@ def _num(value: float | None) -> str:
     return "" if value is None else repr(float(value))
 
 
+def _outcome_args(outcomes: Sequence[Outcome]) -> list[str]:
+    """6 arguments per outcome, as finish.lua reads them."""
+    args: list[str] = []
+    for out in outcomes:
+        args += (
+            out.id,
+            out.lease_token,
+            out.kind.value,
+            out.result_json if out.result_json is not None else "",
+            out.error_json or "",
+            _num(out.retry_delay or 0.0),
+        )
+    return args
+
+
 class RedisBackend(Backend):
     """``redis://host:port/db[?prefix=conveyor&allow_eviction=0]``, also ``rediss://``."""
 
@@ -214,24 +229,54 @@ class RedisBackend(Backend):
         lease: float,
         task_caps: Mapping[str, int] | None = None,
     ) -> list[ClaimedJob]:
-        names = list(queues)
-        assert self._wake is not None
-        await self._wake.ensure(self.keys.wake(q) for q in names)
-        self._wake.flag.clear()  # wakes from now on are news to the next wait
+        claim_args = await self._claim_args(queues, limit, worker, lease, task_caps)
         reply = await self._s.claim(
-            keys=[self.keys.route],
-            args=[
-                self._now_arg(),
-                self.keys.store,
-                token_hex(12),
-                worker,
-                _num(lease),
-                json.dumps(dict(task_caps or {})),
-                CLAIM_PROMOTE_LIMIT,
-                max(0, limit),
-                *(self.keys.queue(q) for q in names),
-            ],
+            keys=[self.keys.route], args=[self._now_arg(), self.keys.store, *claim_args]
         )
+        return self._claimed(reply)
+
+    async def finish_and_claim(
+        self,
+        outcomes: Sequence[Outcome],
+        queues: Sequence[str],
+        limit: int,
+        *,
+        worker: str,
+        lease: float,
+        task_caps: Mapping[str, int] | None = None,
+    ) -> tuple[list[bool], list[ClaimedJob]]:
+        if not outcomes:
+            return [], await self.claim(
+                queues, limit, worker=worker, lease=lease, task_caps=task_caps
+            )
+        claim_args = await self._claim_args(queues, limit, worker, lease, task_caps)
+        args = [self._now_arg(), self.keys.store, len(claim_args), *claim_args]
+        args += _outcome_args(outcomes)
+        applied, reply = await self._s.finish_claim(keys=[self.keys.route], args=args)
+        return [bool(x) for x in applied], self._claimed(reply)
+
+    async def _claim_args(
+        self,
+        queues: Sequence[str],
+        limit: int,
+        worker: str,
+        lease: float,
+        task_caps: Mapping[str, int] | None,
+    ) -> list[Any]:
+        assert self._wake is not None
+        await self._wake.ensure(self.keys.wake(q) for q in queues)
+        self._wake.flag.clear()  # wakes from now on are news to the next wait
+        return [
+            token_hex(12),
+            worker,
+            _num(lease),
+            json.dumps(dict(task_caps or {})),
+            CLAIM_PROMOTE_LIMIT,
+            max(0, limit),
+            *(self.keys.queue(q) for q in queues),
+        ]
+
+    def _claimed(self, reply: list[Any]) -> list[ClaimedJob]:
         self._note_due(reply[0], reply[1])
         return claimed_from_reply(reply)
 
@@ -255,16 +300,7 @@ class RedisBackend(Backend):
     async def finish(self, outcomes: Sequence[Outcome]) -> list[bool]:
         if not outcomes:
             return []
-        args: list[Any] = [self._now_arg(), self.keys.store]
-        for out in outcomes:
-            args += (
-                out.id,
-                out.lease_token,
-                out.kind.value,
-                out.result_json if out.result_json is not None else "",
-                out.error_json or "",
-                _num(out.retry_delay or 0.0),
-            )
+        args = [self._now_arg(), self.keys.store, *_outcome_args(outcomes)]
         reply: list[int] = await self._s.finish(keys=[self.keys.route], args=args)
         return [bool(x) for x in reply]
 

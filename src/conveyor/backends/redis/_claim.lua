@@ -1,0 +1,205 @@
+-- claim_jobs(now, G, argv, first, last): claim with the arguments argv[first..last]
+-- (token base, worker, lease, caps, promote limit, limit, queue prefixes...; see
+-- claim.lua); returns claim.lua's reply. Used by claim.lua and finish_claim.lua.
+local function claim_jobs(now, G, argv, first, last)
+    local expires = now + tonumber(argv[first + 2])
+    local token_base, worker = argv[first], argv[first + 1]
+    local caps = cjson.decode(argv[first + 3])
+    local promote_limit = tonumber(argv[first + 4])
+    local limit = tonumber(argv[first + 5])
+    local sexp, snow = fmt(expires), fmt(now)
+
+    -- Tasks at their cap for the whole claim: counts start from the store and grow with
+    -- every job of the task this claim takes.
+    local running, capped = {}, {}
+    for task, cap in pairs(caps) do
+        running[task] = tonumber(redis.call('HGET', G .. 'taskrun', task) or '0')
+        capped[task] = running[task] >= cap
+    end
+
+    local out = { snow, '' }
+    local next_due = nil
+    local claimed = 0
+    local taskrun = {}
+
+    local function queue_claim(QP)
+        local vt, weight, max_running, tn = {}, {}, {}, {}
+        local taken, by_tenant = {}, {}
+
+        local function vtime(tenant)
+            local v = vt[tenant]
+            if v == nil then
+                v = tonumber(redis.call('HGET', QP .. 'tv', tenant) or '0')
+                vt[tenant] = v
+            end
+            return v
+        end
+
+        -- Most queues have no tenant caps or weights: one HLEN each spares a lookup per tenant.
+        local has_caps = redis.call('HLEN', QP .. 'tm') > 0
+        local has_weights = redis.call('HLEN', QP .. 'tw') > 0
+        local vclock = nil
+
+        local function eligible(tenant)
+            if not has_caps then
+                return true
+            end
+            local m = max_running[tenant]
+            if m == nil then
+                m = tonumber(redis.call('HGET', QP .. 'tm', tenant) or '-1')
+                max_running[tenant] = m
+            end
+            if m < 0 then
+                return true
+            end
+            if tn[tenant] == nil then
+                tn[tenant] = tonumber(redis.call('HGET', QP .. 'cnt', 'running:' .. tenant) or '0')
+            end
+            return tn[tenant] < m
+        end
+
+        local function pick(prio)
+            local level = QP .. 'p:' .. prio
+            local offset = 0
+            while true do
+                local entries = redis.call('ZRANGE', level, offset, offset + 7, 'WITHSCORES')
+                if #entries == 0 then
+                    return nil
+                end
+                local stale = false
+                for i = 1, #entries, 2 do
+                    local tenant = entries[i]
+                    local v = vtime(tenant)
+                    if v ~= tonumber(entries[i + 1]) then
+                        redis.call('ZADD', level, fmt(v), tenant)
+                        stale = true
+                        break
+                    end
+                    if eligible(tenant) then
+                        local best_id, best_task = nil, nil
+                        for _, task in ipairs(redis.call('ZRANGE', QP .. 't:' .. prio .. ':' .. tenant, 0, -1)) do
+                            if not capped[task] then
+                                local head = redis.call('ZRANGE', lane_key(QP, prio, tenant, task), 0, 0)[1]
+                                if head and (best_id == nil or head < best_id) then
+                                    best_id, best_task = head, task
+                                end
+                            end
+                        end
+                        if best_id then
+                            return tenant, best_task, best_id
+                        end
+                    end
+                end
+                if stale then
+                    offset = 0 -- a corrected tenant moved back: read the level again
+                else
+                    offset = offset + 8
+                end
+            end
+        end
+
+        local function take(prio, tenant, task, id)
+            local key = jkey(G, id)
+            lane_remove(QP, prio, tenant, task, id)
+            -- Fair share: the queue's clock becomes the tenant's vtime, then the tenant pays.
+            local v = vtime(tenant)
+            vclock = v
+            if weight[tenant] == nil then
+                weight[tenant] = has_weights and tonumber(redis.call('HGET', QP .. 'tw', tenant) or '1') or 1
+            end
+            v = v + 1.0 / weight[tenant]
+            vt[tenant] = v
+            redis.call('ZADD', QP .. 'p:' .. prio, 'XX', fmt(v), tenant)
+            if tn[tenant] ~= nil then
+                tn[tenant] = tn[tenant] + 1
+            end
+            claimed = claimed + 1
+            local token = token_base .. string.format('%x', claimed)
+            local f = redis.call('HMGET', key, 'attempt', 'queue', 'priority', 'args', 'kwargs',
+                'max_attempts', 'timeout', 'enqueued_at', 'cancel_requested', 'progress',
+                'progress_message')
+            local attempt = tonumber(f[1]) + 1
+            redis.call('HSET', key, 'state', 'running', 'attempt', attempt, 'lease_token', token,
+                'lease_expires_at', sexp, 'started_at', snow, 'worker', worker)
+            if f[9] or f[10] or f[11] then
+                redis.call('HDEL', key, 'cancel_requested', 'progress', 'progress_message')
+            end
+            taken[#taken + 1] = id
+            local list = by_tenant[tenant]
+            if not list then
+                list = {}
+                by_tenant[tenant] = list
+            end
+            list[#list + 1] = id
+            taskrun[task] = (taskrun[task] or 0) + 1
+            if caps[task] then
+                running[task] = running[task] + 1
+                if running[task] >= caps[task] then
+                    capped[task] = true
+                end
+            end
+            local row = { id, task, f[2], tenant, f[3], f[4], f[5], attempt, f[6], f[7] or '', token,
+                sexp, f[8] }
+            for _, x in ipairs(row) do
+                out[#out + 1] = x
+            end
+        end
+
+        promote_queue(G, QP, now, promote_limit)
+        for prio = 0, 9 do
+            while claimed < limit do
+                local tenant, task, id = pick(prio)
+                if not tenant then
+                    break
+                end
+                take(prio, tenant, task, id)
+            end
+            if claimed >= limit then
+                break
+            end
+        end
+
+        -- Indexes and counters the picking does not read, once per call.
+        if #taken > 0 then
+            redis.call('ZREM', QP .. 'aging', unpack(taken))
+            local members, leases = {}, {}
+            for _, id in ipairs(taken) do
+                members[#members + 1] = 0
+                members[#members + 1] = id
+                leases[#leases + 1] = sexp
+                leases[#leases + 1] = id
+            end
+            redis.call('ZADD', QP .. 's:running', unpack(members))
+            redis.call('ZADD', QP .. 'leases', unpack(leases))
+        end
+        for tenant, ids in pairs(by_tenant) do
+            local n = #ids
+            redis.call('ZREM', QP .. 'r:' .. tenant, unpack(ids))
+            redis.call('HSET', QP .. 'tv', tenant, fmt(vt[tenant]))
+            count(QP, 'queued', tenant, -n)
+            count(QP, 'running', tenant, n)
+        end
+        if vclock ~= nil then
+            redis.call('HSET', QP .. 'meta', 'vclock', fmt(vclock))
+        end
+
+        local first = redis.call('ZRANGE', QP .. 'due', 0, 0, 'WITHSCORES')
+        if first[2] then
+            local at = tonumber(first[2])
+            if next_due == nil or at < next_due then
+                next_due = at
+            end
+        end
+    end
+
+    for i = first + 6, last do
+        queue_claim(argv[i])
+    end
+    for task, n in pairs(taskrun) do
+        redis.call('HINCRBY', G .. 'taskrun', task, n)
+    end
+    if next_due then
+        out[2] = fmt(next_due)
+    end
+    return out
+end
