@@ -58,35 +58,145 @@ local function claim_jobs(now, G, argv, first, last)
             return tn[tenant] < m
         end
 
+        -- Reads of the ready structures are cached for the length of this claim: only
+        -- this script writes them while it runs, and each write below updates its cache.
+        -- A claim of n jobs from one lane then reads the lane once, not n times.
+        local pages = {} -- prio -> first page of the level: {entries = {{tenant, score}...}, complete}
+        local tasks_of = {} -- 'prio:tenant' -> task names with ready jobs (the whole set)
+        local heads = {} -- lane key -> {ids, pos, complete, taken}: ids read from the lane's head
+
+        local function read_page(prio, offset)
+            local raw = redis.call('ZRANGE', QP .. 'p:' .. prio, offset, offset + 7, 'WITHSCORES')
+            local entries = {}
+            for i = 1, #raw, 2 do
+                entries[#entries + 1] = { raw[i], tonumber(raw[i + 1]) }
+            end
+            return entries
+        end
+
+        local function first_page(prio)
+            local page = pages[prio]
+            if page == nil then
+                local entries = read_page(prio, 0)
+                page = { entries = entries, complete = #entries < 8 }
+                pages[prio] = page
+            end
+            return page.entries
+        end
+
+        local function tasks(prio, tenant)
+            local k = prio .. ':' .. tenant
+            local list = tasks_of[k]
+            if list == nil then
+                list = redis.call('ZRANGE', QP .. 't:' .. k, 0, -1)
+                tasks_of[k] = list
+            end
+            return list
+        end
+
+        -- The lane's head, reading ahead as many ids as this claim may still take.
+        local function lane_head(lane)
+            local h = heads[lane]
+            if h == nil then
+                h = { ids = {}, pos = 1, complete = false, taken = {} }
+                heads[lane] = h
+            end
+            if h.pos > #h.ids and not h.complete then
+                local want = math.max(limit - claimed, 1)
+                -- The ids taken so far are still in the lane (removed at the end): skip them.
+                local offset = #h.taken
+                h.ids = redis.call('ZRANGE', lane, offset, offset + want - 1)
+                h.pos = 1
+                h.complete = #h.ids < want
+            end
+            return h.ids[h.pos]
+        end
+
+        local function by_score(x, y)
+            if x[2] ~= y[2] then
+                return x[2] < y[2]
+            end
+            return x[1] < y[1]
+        end
+
+        -- The tenant's score at the level changed (or it left the level: score nil).
+        local function page_update(prio, tenant, score)
+            local page = pages[prio]
+            if page == nil then
+                return
+            end
+            local entries = page.entries
+            for i, e in ipairs(entries) do
+                if e[1] == tenant then
+                    if score == nil then
+                        table.remove(entries, i)
+                    else
+                        e[2] = score
+                        table.sort(entries, by_score)
+                    end
+                    -- A partial page is only right while the moved or removed tenant is
+                    -- not beyond its end: the next tenant outside it is unknown.
+                    if not page.complete and (score == nil or entries[#entries][1] == tenant) then
+                        pages[prio] = nil
+                    end
+                    return
+                end
+            end
+        end
+
+        -- The head of a lane was taken: the lane may be empty now (it was read to its end),
+        -- and then the task leaves its (prio, tenant), and maybe the tenant its level.
+        local function lane_take(prio, tenant, task, lane, id)
+            local h = heads[lane]
+            h.taken[#h.taken + 1] = id
+            h.pos = h.pos + 1
+            if h.pos <= #h.ids or not h.complete then
+                return
+            end
+            redis.call('ZREM', QP .. 't:' .. prio .. ':' .. tenant, task)
+            local list = tasks(prio, tenant)
+            for i, name in ipairs(list) do
+                if name == task then
+                    table.remove(list, i)
+                    break
+                end
+            end
+            if #list == 0 then
+                redis.call('ZREM', QP .. 'p:' .. prio, tenant)
+                page_update(prio, tenant, nil)
+            end
+        end
+
         local function pick(prio)
-            local level = QP .. 'p:' .. prio
             local offset = 0
             while true do
-                local entries = redis.call('ZRANGE', level, offset, offset + 7, 'WITHSCORES')
+                local entries = offset == 0 and first_page(prio) or read_page(prio, offset)
                 if #entries == 0 then
                     return nil
                 end
                 local stale = false
-                for i = 1, #entries, 2 do
-                    local tenant = entries[i]
+                for _, e in ipairs(entries) do
+                    local tenant = e[1]
                     local v = vtime(tenant)
-                    if v ~= tonumber(entries[i + 1]) then
-                        redis.call('ZADD', level, fmt(v), tenant)
+                    if v ~= e[2] then
+                        redis.call('ZADD', QP .. 'p:' .. prio, fmt(v), tenant)
+                        pages[prio] = nil
                         stale = true
                         break
                     end
                     if eligible(tenant) then
-                        local best_id, best_task = nil, nil
-                        for _, task in ipairs(redis.call('ZRANGE', QP .. 't:' .. prio .. ':' .. tenant, 0, -1)) do
+                        local best_id, best_task, best_lane = nil, nil, nil
+                        for _, task in ipairs(tasks(prio, tenant)) do
                             if not capped[task] then
-                                local head = redis.call('ZRANGE', lane_key(QP, prio, tenant, task), 0, 0)[1]
+                                local lane = lane_key(QP, prio, tenant, task)
+                                local head = lane_head(lane)
                                 if head and (best_id == nil or head < best_id) then
-                                    best_id, best_task = head, task
+                                    best_id, best_task, best_lane = head, task, lane
                                 end
                             end
                         end
                         if best_id then
-                            return tenant, best_task, best_id
+                            return tenant, best_task, best_id, best_lane
                         end
                     end
                 end
@@ -98,9 +208,9 @@ local function claim_jobs(now, G, argv, first, last)
             end
         end
 
-        local function take(prio, tenant, task, id)
+        local function take(prio, tenant, task, id, lane)
             local key = jkey(G, id)
-            lane_remove(QP, prio, tenant, task, id)
+            lane_take(prio, tenant, task, lane, id)
             -- Fair share: the queue's clock becomes the tenant's vtime, then the tenant pays.
             local v = vtime(tenant)
             vclock = v
@@ -110,6 +220,7 @@ local function claim_jobs(now, G, argv, first, last)
             v = v + 1.0 / weight[tenant]
             vt[tenant] = v
             redis.call('ZADD', QP .. 'p:' .. prio, 'XX', fmt(v), tenant)
+            page_update(prio, tenant, v)
             if tn[tenant] ~= nil then
                 tn[tenant] = tn[tenant] + 1
             end
@@ -148,11 +259,11 @@ local function claim_jobs(now, G, argv, first, last)
         promote_queue(G, QP, now, promote_limit)
         for prio = 0, 9 do
             while claimed < limit do
-                local tenant, task, id = pick(prio)
+                local tenant, task, id, lane = pick(prio)
                 if not tenant then
                     break
                 end
-                take(prio, tenant, task, id)
+                take(prio, tenant, task, id, lane)
             end
             if claimed >= limit then
                 break
@@ -160,6 +271,11 @@ local function claim_jobs(now, G, argv, first, last)
         end
 
         -- Indexes and counters the picking does not read, once per call.
+        for lane, h in pairs(heads) do
+            if #h.taken > 0 then
+                redis.call('ZREM', lane, unpack(h.taken))
+            end
+        end
         if #taken > 0 then
             redis.call('ZREM', QP .. 'aging', unpack(taken))
             local members, leases = {}, {}
