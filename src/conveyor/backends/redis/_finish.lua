@@ -1,6 +1,9 @@
--- finish_outcomes(now, G, argv, first): apply the outcomes in argv[first..], 6 fields
--- each (see finish.lua); returns one 1/0 per outcome. Used by finish.lua and finish_claim.lua.
-local function finish_outcomes(now, G, argv, first)
+-- finish_outcomes(now, G, outcomes, caps): apply the outcomes, each a list of 6 fields
+-- (see finish.lua); returns one 1/0 per outcome. Used by finish.lua and finish_claim.lua.
+-- caps: the finishing worker's task caps ({task: cap}), or nil when unknown. A freed
+-- slot wakes waiting workers only if it may unblock a capped job: always when caps are
+-- unknown, else when the queue has tenant caps or a finished job's task is capped.
+local function finish_outcomes(now, G, outcomes, caps)
     local snow = fmt(now)
     local applied = {}
     local wake_queues = {}
@@ -27,9 +30,9 @@ local function finish_outcomes(now, G, argv, first)
         list[#list + 1] = member
     end
 
-    for i = first, #argv, 6 do
-        local id, token, kind = argv[i], argv[i + 1], argv[i + 2]
-        local result, err, delay = argv[i + 3], argv[i + 4], tonumber(argv[i + 5])
+    for _, o in ipairs(outcomes) do
+        local id, token, kind = o[1], o[2], o[3]
+        local result, err, delay = o[4], o[5], tonumber(o[6])
         local key = jkey(G, id)
         local f = redis.call('HMGET', key, 'state', 'lease_token', 'qp', 'tenant', 'task', 'attempt',
             'max_attempts', 'cancel_requested', 'result_ttl', 'key', 'base_priority', 'errors')
@@ -114,6 +117,9 @@ local function finish_outcomes(now, G, argv, first)
             b.counts['running:' .. tenant] = (b.counts['running:' .. tenant] or 0) - 1
             b.counts[new .. ':' .. tenant] = (b.counts[new .. ':' .. tenant] or 0) + 1
             taskrun[task] = (taskrun[task] or 0) + 1
+            if caps == nil or caps[task] then
+                b.freed_cap = true
+            end
         end
     end
 
@@ -129,7 +135,8 @@ local function finish_outcomes(now, G, argv, first)
             end
         end
         -- A freed slot may unblock a capped job: worth a wake-up if anything is ready.
-        if wake_queues[QP] or any_ready(QP) then
+        local freed_cap = b.freed_cap or redis.call('HLEN', QP .. 'tm') > 0
+        if wake_queues[QP] or (freed_cap and any_ready(QP)) then
             wake(QP)
         end
     end

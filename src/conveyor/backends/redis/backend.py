@@ -71,19 +71,22 @@ def _num(value: float | None) -> str:
     return "" if value is None else repr(float(value))
 
 
-def _outcome_args(outcomes: Sequence[Outcome]) -> list[str]:
-    """6 arguments per outcome, as finish.lua reads them."""
-    args: list[str] = []
-    for out in outcomes:
-        args += (
-            out.id,
-            out.lease_token,
-            out.kind.value,
-            out.result_json if out.result_json is not None else "",
-            out.error_json or "",
-            _num(out.retry_delay or 0.0),
-        )
-    return args
+def _outcomes_json(outcomes: Sequence[Outcome]) -> str:
+    """finish.lua's outcomes argument: one JSON list of 6 fields per outcome."""
+    return json.dumps(
+        [
+            (
+                out.id,
+                out.lease_token,
+                out.kind.value,
+                out.result_json if out.result_json is not None else "",
+                out.error_json or "",
+                _num(out.retry_delay or 0.0),
+            )
+            for out in outcomes
+        ],
+        ensure_ascii=False,
+    )
 
 
 class RedisBackend(Backend):
@@ -250,8 +253,7 @@ class RedisBackend(Backend):
                 queues, limit, worker=worker, lease=lease, task_caps=task_caps
             )
         claim_args = await self._claim_args(queues, limit, worker, lease, task_caps)
-        args = [self._now_arg(), self.keys.store, len(claim_args), *claim_args]
-        args += _outcome_args(outcomes)
+        args = [self._now_arg(), self.keys.store, _outcomes_json(outcomes), *claim_args]
         applied, reply = await self._s.finish_claim(keys=[self.keys.route], args=args)
         return [bool(x) for x in applied], self._claimed(reply)
 
@@ -300,7 +302,7 @@ class RedisBackend(Backend):
     async def finish(self, outcomes: Sequence[Outcome]) -> list[bool]:
         if not outcomes:
             return []
-        args = [self._now_arg(), self.keys.store, *_outcome_args(outcomes)]
+        args = [self._now_arg(), self.keys.store, _outcomes_json(outcomes)]
         reply: list[int] = await self._s.finish(keys=[self.keys.route], args=args)
         return [bool(x) for x in reply]
 

@@ -1,12 +1,13 @@
 -- finish: apply outcomes; each only if its lease token still holds the running job.
 --
 -- KEYS[1]  routing key   ARGV[1]  now ('' = Redis TIME)   ARGV[2]  G
--- ARGV[3..]  6 fields per outcome: id, lease token, kind (succeeded retry dead cancelled
---   released), result_json ('' = none), error_json ('' = none), retry delay (seconds)
+-- ARGV[3]  JSON [[id, lease token, kind (succeeded retry dead cancelled released),
+--   result_json ('' = none), error_json ('' = none), retry delay (seconds)], ...]
+--   (one argument, not 6 per outcome: packing many arguments costs the client more)
 -- Returns one 1/0 per outcome (0: the lease no longer held).
 --
 -- RETRY with no attempt left -> dead; a pending cancel request turns retry and release
 -- into cancelled (the worker would otherwise run it again). Indexes and counters are
 -- written once per call at the end (a job's own hash is written at once, so the same
 -- job twice in one batch is still fenced).
-return finish_outcomes(clock(ARGV[1]), ARGV[2], ARGV, 3)
+return finish_outcomes(clock(ARGV[1]), ARGV[2], cjson.decode(ARGV[3]), nil)
