@@ -133,7 +133,7 @@ async def run_attempt(
         _current.reset(token)
 
     try:
-        result_json = dumps(result, what="result")
+        result_json = "null" if result is None else dumps(result, what="result")
     except TypeError as exc:
         return failed(job, task, "TypeError", str(exc))
     return Outcome(job.id, job.lease_token, OutcomeKind.SUCCEEDED, result_json=result_json)
