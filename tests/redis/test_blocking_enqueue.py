@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 
 import pytest
+import redis.exceptions
+from redis.client import Redis
 
 import conveyor
 from conveyor.backends.redis import UnsafeServerError
@@ -63,4 +65,29 @@ def test_bad_input_is_refused_before_connecting() -> None:
         with pytest.raises(ValueError, match="over the limit"):
             app.enqueue("t", args=["x" * (app.defaults.max_payload + 1)])
     finally:
+        app.close()
+
+
+def test_scripts_flushed_or_server_restarted(private_redis: StartRedis) -> None:
+    server = private_redis([])
+    app = conveyor.App(server.url)
+    admin = Redis.from_url(server.url)
+    try:
+        first = app.enqueue("t")
+        admin.script_flush()  # as after a restart: the script is loaded again, once
+        second = app.enqueue("t")
+        assert {j.id for j in app.jobs()} == {first.id, second.id}
+
+        server.kill()
+        with pytest.raises(redis.exceptions.ConnectionError):
+            app.enqueue("t")
+        server.start()  # the pool reconnects; the broken connection was dropped
+        third = app.enqueue("t")
+        reader = conveyor.App(server.url)  # app's own async connection broke with the server
+        try:
+            assert [j.id for j in reader.jobs()] == [third.id]  # no persistence: a new store
+        finally:
+            reader.close()
+    finally:
+        admin.close()
         app.close()
