@@ -281,11 +281,14 @@ class Worker:
         if self._wake.is_set():
             self._wake.clear()
             return
-        waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._wake.wait())]
-        if work:
-            waits.append(
-                asyncio.ensure_future(self._backend.wait_for_work(self.queues, self.poll_interval))
-            )
+        if not work:  # the common case under load: no helper tasks to start and cancel
+            await self._wake.wait()
+            self._wake.clear()
+            return
+        waits: list[asyncio.Future[Any]] = [
+            asyncio.ensure_future(self._wake.wait()),
+            asyncio.ensure_future(self._backend.wait_for_work(self.queues, self.poll_interval)),
+        ]
         try:
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
