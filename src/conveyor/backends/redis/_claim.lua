@@ -94,7 +94,8 @@ local function claim_jobs(now, G, argv, first, last)
             return list
         end
 
-        -- The lane's head, reading ahead as many ids as this claim may still take.
+        -- The lane's head. The first read takes one id (with many tenants, a claim takes
+        -- one job per lane); a lane read again reads ahead as many as the claim may take.
         local function lane_head(lane)
             local h = heads[lane]
             if h == nil then
@@ -102,7 +103,7 @@ local function claim_jobs(now, G, argv, first, last)
                 heads[lane] = h
             end
             if h.pos > #h.ids and not h.complete then
-                local want = math.max(limit - claimed, 1)
+                local want = #h.taken == 0 and 1 or math.max(limit - claimed, 1)
                 -- The ids taken so far are still in the lane (removed at the end): skip them.
                 local offset = #h.taken
                 h.ids = redis.call('ZRANGE', lane, offset, offset + want - 1)
