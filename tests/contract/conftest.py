@@ -5,6 +5,10 @@ the ``Backend`` protocol, so adding an engine means adding its name here and a b
 in ``store_url`` (e.g. a Redis or Postgres URL from the environment, flushed per test);
 no test changes. Time never passes by sleeping: every backend gets the same
 ``FakeClock``, which tests move forward with ``clock.advance(seconds)``.
+
+``redis-cluster`` is the Redis backend again, on a private three-node Redis Cluster
+(``tests/redis/cluster.py``, started once per session where ``redis-server`` exists):
+the same scripts, routed by the cluster client.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from conveyor.serialize import dumps
 
 #: Every engine that ships joins the suite; a backend cannot opt out of a test.
 ENGINES = [{"postgresql": "postgres"}.get(e, e) for e in available_engines()]
+#: The contract suite's own list: the Redis backend runs on a single server and a cluster.
+CONTRACT_ENGINES = ENGINES + (["redis-cluster"] if "redis" in ENGINES else [])
 START = 1_700_000_000.0
 
 
@@ -44,8 +50,19 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest.fixture(params=ENGINES)
+@pytest.fixture(scope="session")
+def redis_cluster_session() -> Iterator[None]:
+    """Keeps the shared private cluster up for the whole session once a test needs it."""
+    from tests.redis.cluster import cluster_session
+
+    with cluster_session():
+        yield
+
+
+@pytest.fixture(params=CONTRACT_ENGINES)
 def engine(request: pytest.FixtureRequest) -> str:
+    if request.param == "redis-cluster":
+        request.getfixturevalue("redis_cluster_session")
     return str(request.param)
 
 
@@ -64,6 +81,11 @@ def fresh_store(engine: str, tmp_path: Path) -> Iterator[str]:
 
         with redis_store() as url:
             yield url
+    elif engine == "redis-cluster":
+        from tests.redis.cluster import cluster_session
+
+        with cluster_session() as cluster:
+            yield cluster.store_url()
     else:
         raise AssertionError(f"no store for engine {engine!r}")
 

@@ -5,6 +5,9 @@
   refuses such a server unless the URL says ``?allow_eviction=1``.
 * With neither AOF nor RDB snapshots, a restart loses every job. That is a legitimate
   choice (tests, caches of work that can be recreated), so it is only a warning.
+
+On a Redis Cluster every node is checked, replicas included: a store lives on the node
+that owns its slot, and a failover or a resharding can move it to any other.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 from conveyor.errors import ConveyorError
@@ -24,7 +28,18 @@ class UnsafeServerError(ConveyorError):
     """The Redis server is configured in a way that can silently lose jobs."""
 
 
-_SETTINGS = ("maxmemory-policy", "appendonly", "save")
+async def server_settings(client: Any, **route: Any) -> dict[str, str]:
+    """maxmemory-policy, appendonly and save, from CONFIG or (where CONFIG is disabled,
+    as on some managed services) from INFO. ``route`` is ``target_nodes=`` on a cluster."""
+    try:
+        settings: dict[str, str] = {}
+        for name in ("maxmemory-policy", "appendonly", "save"):
+            settings.update(await client.config_get(name, **route))
+        return settings
+    except ResponseError:
+        info = await client.info("memory", **route)
+        info.update(await client.info("persistence", **route))
+        return _from_info(info)
 
 
 def _from_info(info: dict[str, Any]) -> dict[str, str]:
@@ -36,43 +51,30 @@ def _from_info(info: dict[str, Any]) -> dict[str, str]:
     }
 
 
-async def server_settings(client: Any) -> dict[str, str]:
-    """maxmemory-policy, appendonly and save, from CONFIG or (where CONFIG is disabled,
-    as on some managed services) from INFO."""
-    try:
-        settings: dict[str, str] = {}
-        for name in _SETTINGS:
-            settings.update(await client.config_get(name))
-        return settings
-    except ResponseError:
-        info = await client.info("memory")
-        info.update(await client.info("persistence"))
-        return _from_info(info)
-
-
-def server_settings_blocking(client: Any) -> dict[str, str]:
-    """``server_settings`` over a sync client."""
-    try:
-        settings: dict[str, str] = {}
-        for name in _SETTINGS:
-            settings.update(client.config_get(name))
-        return settings
-    except ResponseError:
-        info = client.info("memory")
-        info.update(client.info("persistence"))
-        return _from_info(info)
-
-
 async def check_server(client: Any, where: str, *, allow_eviction: bool) -> None:
-    judge(await server_settings(client), where, allow_eviction=allow_eviction)
+    if not isinstance(client, RedisCluster):
+        _check_one(await server_settings(client), where, allow_eviction=allow_eviction)
+        return
+    await client.initialize()  # learns the nodes; a no-op when already connected
+    for node in client.get_nodes():
+        settings = await server_settings(client, target_nodes=node)
+        _check_one(settings, f"cluster node {node.name}", allow_eviction=allow_eviction)
 
 
 def check_server_blocking(client: Any, where: str, *, allow_eviction: bool) -> None:
-    judge(server_settings_blocking(client), where, allow_eviction=allow_eviction)
+    """``check_server`` over a sync single-server client (the sync enqueue's)."""
+    try:
+        settings: dict[str, str] = {}
+        for name in ("maxmemory-policy", "appendonly", "save"):
+            settings.update(client.config_get(name))
+    except ResponseError:
+        info = client.info("memory")
+        info.update(client.info("persistence"))
+        settings = _from_info(info)
+    _check_one(settings, where, allow_eviction=allow_eviction)
 
 
-def judge(settings: dict[str, str], where: str, *, allow_eviction: bool) -> None:
-    """Refuse a server that evicts keys (unless allowed); warn once if it persists nothing."""
+def _check_one(settings: dict[str, str], where: str, *, allow_eviction: bool) -> None:
     policy = settings.get("maxmemory-policy", "noeviction")
     if policy != "noeviction":
         message = (

@@ -3,7 +3,9 @@
 Each ``<name>.lua`` file is prefixed with ``_lib.lua`` (shared helpers) and, where it
 needs them, shared bodies (``_finish.lua``, ``_claim.lua``), and registered
 with redis-py, which runs it by ``EVALSHA`` and loads it again (``SCRIPT LOAD``) after a
-``NOSCRIPT`` reply, e.g. after the server restarted or was flushed.
+``NOSCRIPT`` reply, e.g. after the server restarted or was flushed. On a Redis Cluster
+the script goes to the node owning the slot of its first key (always a key of the
+store's slot), and redis-py sends that ``SCRIPT LOAD`` to every primary.
 """
 
 from __future__ import annotations

@@ -6,6 +6,35 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 _TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+#: redis-py's names for ``ssl_cert_reqs`` (it compares them case-sensitively).
+_CERT_REQS = ("none", "optional", "required")
+
+
+def _shown(url: str) -> str:
+    """``url`` for an error message: the password replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def _flag(name: str, value: str, url: str) -> bool:
+    lowered = value.lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ValueError(f"{name}={value!r} in Redis URL {url!r}: write {name}=1 or {name}=0")
+
+
+def _host_port(value: str, url: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"node={value!r} in Redis URL {url!r}: write node=host:port")
+    return host.strip("[]"), int(port)
 
 
 @dataclass(frozen=True, slots=True)
@@ -14,6 +43,8 @@ class RedisOptions:
 
     ``prefix`` (default ``conveyor``) namespaces every key, so several stores can share
     one server. ``allow_eviction=1`` accepts a server whose maxmemory-policy evicts keys.
+    ``cluster=1`` connects with redis-py's Redis Cluster client; ``node=host:port``
+    (repeatable) names more nodes to discover the cluster from, besides the URL's host.
     Every other query option is handed to redis-py (``ssl_cert_reqs``, ``socket_timeout``...).
     """
 
@@ -22,27 +53,62 @@ class RedisOptions:
     allow_eviction: bool
     #: host:port/db, for messages (never the password).
     where: str
+    cluster: bool = False
+    #: Further cluster nodes to start discovery from (the URL's own host comes first).
+    nodes: tuple[tuple[str, int], ...] = ()
 
     @classmethod
     def parse(cls, url: str) -> RedisOptions:
         parts = urlsplit(url)
-        if parts.scheme.lower() not in ("redis", "rediss"):
-            raise ValueError(f"not a Redis URL: {url!r} (write redis://host:port/db)")
-        prefix, allow_eviction = "conveyor", False
+        shown = _shown(url)
+        scheme = parts.scheme.lower()
+        if scheme not in ("redis", "rediss"):
+            raise ValueError(f"not a Redis URL: {shown!r} (write redis://host:port/db)")
+        prefix, allow_eviction, cluster = "conveyor", False, False
+        nodes: list[tuple[str, int]] = []
         rest = []
         for name, value in parse_qsl(parts.query, keep_blank_values=True):
             if name == "prefix":
                 prefix = value
             elif name == "allow_eviction":
-                allow_eviction = value.lower() in _TRUE
+                allow_eviction = _flag(name, value, shown)
+            elif name == "cluster":
+                cluster = _flag(name, value, shown)
+            elif name == "node":
+                nodes.append(_host_port(value, shown))
             else:
-                rest.append((name, value))
+                rest.append((name, _check_client_option(name, value, scheme, shown)))
         if not prefix:
-            raise ValueError(f"empty prefix= in Redis URL {url!r}")
-        client_url = urlunsplit(parts._replace(query=urlencode(rest)))
+            raise ValueError(f"empty prefix= in Redis URL {shown!r}")
         db = parts.path.lstrip("/") or "0"
-        where = f"{parts.hostname or 'localhost'}:{parts.port or 6379}/{db}"
-        return cls(client_url, prefix, allow_eviction, where)
+        if cluster and db != "0":
+            raise ValueError(
+                f"Redis URL {shown!r} names database {db}, but a Redis Cluster only has "
+                "database 0: drop the /db part or write /0"
+            )
+        if nodes and not cluster:
+            raise ValueError(f"node= in Redis URL {shown!r} needs cluster=1 (a cluster URL)")
+        client_url = urlunsplit(parts._replace(query=urlencode(rest)))
+        host = f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
+        where = f"the cluster at {host}" if cluster else f"{host}/{db}"
+        return cls(client_url, prefix, allow_eviction, where, cluster, tuple(nodes))
+
+
+def _check_client_option(name: str, value: str, scheme: str, url: str) -> str:
+    """Catch the TLS mistakes redis-py would only report at the first command."""
+    if name.startswith("ssl_") and scheme != "rediss":
+        raise ValueError(
+            f"{name}= in Redis URL {url!r} only applies to TLS connections: "
+            "write rediss:// to connect over TLS"
+        )
+    if name == "ssl_cert_reqs":
+        if value.lower() not in _CERT_REQS:
+            raise ValueError(
+                f"ssl_cert_reqs={value!r} in Redis URL {url!r}: write one of "
+                + ", ".join(_CERT_REQS)
+            )
+        return value.lower()
+    return value
 
 
 class Keys:

@@ -8,6 +8,10 @@ whereas cancelling a blocking ``BLPOP`` would throw its pooled connection away.
 The flag is "something happened since the last claim": the backend clears it just
 before each claim, so a wake published after the claim looked is never lost, and one
 published before only causes a spurious (allowed) return.
+
+On a Redis Cluster the client's ``pubsub()`` subscribes on the node that owns the
+channel's slot (the store's slot). Plain ``PUBLISH`` is forwarded to every node over the
+cluster bus, so a wake published by a script reaches the listener wherever it is.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ Design notes (the why):
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import math
 import time
@@ -28,10 +29,7 @@ from collections.abc import Mapping, Sequence
 from secrets import token_hex
 from typing import Any
 
-import redis.asyncio as aioredis
 import redis.exceptions as rexc
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from conveyor.backends.base import (
     Backend,
@@ -45,6 +43,7 @@ from conveyor.backends.base import (
     QueueStats,
 )
 from conveyor.backends.redis._blocking import BlockingEnqueuer
+from conveyor.backends.redis._client import make_client, store_time
 from conveyor.backends.redis._records import (
     STATES,
     claimed_from_reply,
@@ -90,7 +89,8 @@ def _outcomes_json(outcomes: Sequence[Outcome]) -> str:
 
 
 class RedisBackend(Backend):
-    """``redis://host:port/db[?prefix=conveyor&allow_eviction=0]``, also ``rediss://``."""
+    """``redis://host:port/db[?prefix=conveyor&allow_eviction=0]``, also ``rediss://``;
+    ``redis://host:port?cluster=1`` for a Redis Cluster (see ``_url.py``)."""
 
     capabilities = Capabilities(
         push_wakeups=True, multi_host=True, transactional_enqueue=False, blocking_enqueue=True
@@ -100,6 +100,11 @@ class RedisBackend(Backend):
         rexc.TimeoutError,
         rexc.ReadOnlyError,  # a replica promoted or demoted under us
         rexc.TryAgainError,
+        # Redis Cluster: a failover in progress (ClusterDownError, MasterDownError), or
+        # the client cannot learn the slot map ("Redis Cluster cannot be connected" when
+        # every node is down, SlotNotCoveredError): all pass once the cluster is back.
+        rexc.ClusterDownError,
+        rexc.RedisClusterException,
         ConnectionError,
         TimeoutError,
     )
@@ -114,6 +119,10 @@ class RedisBackend(Backend):
         #: monotonic time when the earliest waiting job of the last claimed queues falls due.
         self._due_at: float | None = None
         self._blocking = BlockingEnqueuer(self.options)
+        if self.options.cluster:
+            # The sync fast path speaks to one server; a cluster's sync enqueue goes
+            # through the async cluster client (the portal) instead.
+            self.capabilities = dataclasses.replace(self.capabilities, blocking_enqueue=False)
 
     # -- plumbing --------------------------------------------------------------------
     def _now_arg(self) -> str:
@@ -133,18 +142,7 @@ class RedisBackend(Backend):
     async def open(self) -> None:
         if self._client is not None:
             return
-        client = aioredis.Redis.from_url(
-            self.options.client_url,
-            decode_responses=True,
-            retry=Retry(NoBackoff(), 0),
-            # No per-command socket timeout: on Python 3.11 redis-py enforces it with
-            # asyncio.wait_for, which can swallow a task's cancellation (a worker then
-            # never stops). Dead peers are found by TCP keepalive and health checks.
-            socket_timeout=None,
-            socket_connect_timeout=5.0,
-            socket_keepalive=True,
-            health_check_interval=15,
-        )
+        client = make_client(self.options)
         try:
             await check_server(
                 client, self.options.where, allow_eviction=self.options.allow_eviction
@@ -169,7 +167,7 @@ class RedisBackend(Backend):
     async def now(self) -> float:
         if self.clock is not None:
             return float(self.clock())
-        seconds, micros = await self._client.time()
+        seconds, micros = await store_time(self._client, self.keys.route)
         return float(seconds) + float(micros) / 1e6
 
     # -- producers -------------------------------------------------------------------
