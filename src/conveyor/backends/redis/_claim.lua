@@ -74,14 +74,17 @@ local function claim_jobs(now, G, argv, first, last)
             return entries
         end
 
+        -- The cached first page is always a prefix of the level's order (complete: the
+        -- whole level). A tenant whose new score may put it beyond the prefix leaves it;
+        -- a prefix shorter than a page is read again before going past it.
         local function first_page(prio)
             local page = pages[prio]
-            if page == nil then
+            if page == nil or (#page.entries == 0 and not page.complete) then
                 local entries = read_page(prio, 0)
                 page = { entries = entries, complete = #entries < 8 }
                 pages[prio] = page
             end
-            return page.entries
+            return page
         end
 
         local function tasks(prio, tenant)
@@ -134,11 +137,10 @@ local function claim_jobs(now, G, argv, first, last)
                     else
                         e[2] = score
                         table.sort(entries, by_score)
-                    end
-                    -- A partial page is only right while the moved or removed tenant is
-                    -- not beyond its end: the next tenant outside it is unknown.
-                    if not page.complete and (score == nil or entries[#entries][1] == tenant) then
-                        pages[prio] = nil
+                        -- Last of a partial prefix: tenants outside it may come first now.
+                        if not page.complete and entries[#entries][1] == tenant then
+                            table.remove(entries)
+                        end
                     end
                     return
                 end
@@ -171,7 +173,13 @@ local function claim_jobs(now, G, argv, first, last)
         local function pick(prio)
             local offset = 0
             while true do
-                local entries = offset == 0 and first_page(prio) or read_page(prio, offset)
+                local entries, partial = nil, false
+                if offset == 0 then
+                    local page = first_page(prio)
+                    entries, partial = page.entries, not page.complete and #page.entries < 8
+                else
+                    entries = read_page(prio, offset)
+                end
                 if #entries == 0 then
                     return nil
                 end
@@ -203,6 +211,8 @@ local function claim_jobs(now, G, argv, first, last)
                 end
                 if stale then
                     offset = 0 -- a corrected tenant moved back: read the level again
+                elseif partial then
+                    pages[prio] = nil -- past a shortened prefix: read a full first page
                 else
                     offset = offset + 8
                 end
