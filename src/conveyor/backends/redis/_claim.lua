@@ -299,12 +299,39 @@ local function claim_jobs(now, G, argv, first, last)
             redis.call('ZADD', QP .. 's:running', unpack(members))
             redis.call('ZADD', QP .. 'leases', unpack(leases))
         end
+        -- Per tenant: its ready index, its vtime and its queued/running counts; the
+        -- vtimes and counts of all tenants in one call each (a claim spread over many
+        -- tenants would otherwise pay several calls per job).
+        local vtimes, fields, deltas = {}, {}, {}
         for tenant, ids in pairs(by_tenant) do
             local n = #ids
             redis.call('ZREM', QP .. 'r:' .. tenant, unpack(ids))
-            redis.call('HSET', QP .. 'tv', tenant, fmt(vt[tenant]))
-            count(QP, 'queued', tenant, -n)
-            count(QP, 'running', tenant, n)
+            vtimes[#vtimes + 1] = tenant
+            vtimes[#vtimes + 1] = fmt(vt[tenant])
+            fields[#fields + 1] = 'queued:' .. tenant
+            deltas[#deltas + 1] = -n
+            fields[#fields + 1] = 'running:' .. tenant
+            deltas[#deltas + 1] = n
+        end
+        if #vtimes > 0 then
+            redis.call('HSET', QP .. 'tv', unpack(vtimes))
+            local current = redis.call('HMGET', QP .. 'cnt', unpack(fields))
+            local set, gone = {}, {}
+            for i, field in ipairs(fields) do
+                local value = tonumber(current[i] or '0') + deltas[i]
+                if value > 0 then
+                    set[#set + 1] = field
+                    set[#set + 1] = value
+                else -- zero entries are dropped, as count() does
+                    gone[#gone + 1] = field
+                end
+            end
+            if #set > 0 then
+                redis.call('HSET', QP .. 'cnt', unpack(set))
+            end
+            if #gone > 0 then
+                redis.call('HDEL', QP .. 'cnt', unpack(gone))
+            end
         end
         if vclock ~= nil then
             redis.call('HSET', QP .. 'meta', 'vclock', fmt(vclock))
