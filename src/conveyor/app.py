@@ -22,10 +22,14 @@ from conveyor.config import Defaults, parse_url, resolve_url
 from conveyor.handle import JobHandle
 from conveyor.job import Job, JobState, new_job_id, to_timestamp
 from conveyor.portal import Portal
+from conveyor.ratelimit import RateLimit
 from conveyor.retry import Backoff
 from conveyor.sandbox import Sandbox
+from conveyor.scheduler import Schedule
 from conveyor.serialize import DEFAULT_MAX_PAYLOAD, encode_arguments
 from conveyor.task import EnqueueOptions, Signature, Task
+from conveyor.workflow import check_after, check_unique_for, check_user_args
+from conveyor.workflow_app import WorkflowMixin
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -33,7 +37,7 @@ R = TypeVar("R")
 _MAX_NAME = 200
 
 
-class App:
+class App(WorkflowMixin):
     """One Conveyor application: a storage URL and the tasks that run against it."""
 
     def __init__(
@@ -61,6 +65,10 @@ class App:
             max_payload=max_payload,
         )
         self.tasks: dict[str, Task[Any, Any]] = {}
+        #: Periodic jobs by name (``@app.periodic``), enqueued by the workers.
+        self.schedules: dict[str, Schedule] = {}
+        #: Per-tenant rate limits (``tenant_rate_limit``); ``"*"``: each other tenant.
+        self.tenant_rates: dict[str | None, RateLimit] = {}
         self._clock = clock
         self._portal = Portal()
         self._tx: Backend | None = None
@@ -99,6 +107,7 @@ class App:
         concurrency: int | None = None,
         result_ttl: float | None = None,
         sandbox: Sandbox | None = None,
+        rate_limit: Any = None,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(
@@ -115,6 +124,7 @@ class App:
         concurrency: int | None = None,
         result_ttl: float | None = None,
         sandbox: Sandbox | None = None,
+        rate_limit: Any = None,
     ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
         """Register a task, bare (``@app.task``) or with options (``@app.task(...)``)."""
         if priority is not None:
@@ -139,11 +149,24 @@ class App:
                 concurrency=concurrency,
                 result_ttl=result_ttl,
                 sandbox=sandbox,
+                rate_limit=rate_limit,
             )
             self.tasks[task_name] = task
             return task
 
         return register(fn) if fn is not None else register
+
+    def tenant_rate_limit(self, tenant: str | None, rate: Any) -> None:
+        """At most N job starts per period for ``tenant`` (``None``: the default tenant;
+        ``"*"``: every tenant without its own limit, each separately), across every
+        worker of the store. ``rate`` is ``"100/m"``, ``(100, 60.0)`` or None to remove
+        it. Enforced by workers that run this app: configure it where the tasks are."""
+        if tenant is not None:
+            _check_name(tenant, "tenant")
+        if rate is None:
+            self.tenant_rates.pop(tenant, None)
+        else:
+            self.tenant_rates[tenant] = RateLimit.parse(rate)
 
     def task_caps(self) -> dict[str, int]:
         """Per-task concurrency caps, for the claim."""
@@ -303,14 +326,16 @@ class App:
             tenant = _check_name(tenant, "tenant") if tenant != "" else None
         if opt.key is not None:
             _check_name(opt.key, "key", max_len=1000)
+        unique_for = check_unique_for(opt.unique_for, opt.key)
+        after, after_policy = check_after(opt.after, opt.after_policy)
         timeout = _first(opt.timeout, task and task.timeout, d.timeout)
         if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
             raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
-        args_json, kwargs_json = encode_arguments(
-            sig.args, dict(sig.kwargs), max_payload=d.max_payload
-        )
+        check_user_args(sig.args)
+        args = sig.args if sig.inputs is None else (dict(sig.inputs), *sig.args)
+        args_json, kwargs_json = encode_arguments(args, dict(sig.kwargs), max_payload=d.max_payload)
         return NewJob(
-            id=new_job_id(),
+            id=sig.job_id or new_job_id(),
             task=sig.task,
             queue=_check_name(_first(opt.queue, task and task.queue, d.queue), "queue"),
             tenant=tenant,
@@ -323,6 +348,9 @@ class App:
             timeout=timeout,
             result_ttl=_first(opt.result_ttl, task and task.result_ttl, d.result_ttl),
             key=opt.key,
+            unique_for=unique_for,
+            after=after,
+            after_policy=after_policy,
         )
 
     # -- operators ---------------------------------------------------------------------

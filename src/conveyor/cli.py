@@ -40,6 +40,7 @@ STATE_STYLE = {
     JobState.RETRYING: "magenta",
     JobState.DEAD: "bold red",
     JobState.CANCELLED: "dim",
+    JobState.BLOCKED: "cyan",
 }
 _STATES = [s.value for s in JobState]
 
@@ -567,7 +568,16 @@ def stats(cfg: _State, as_json: bool) -> None:
     table = Table(title="conveyor stats", title_justify="left")
     for name in ("queue", "tenant"):
         table.add_column(name)
-    counts = ("scheduled", "queued", "running", "retrying", "dead", "succeeded", "cancelled")
+    counts = (
+        "blocked",
+        "scheduled",
+        "queued",
+        "running",
+        "retrying",
+        "dead",
+        "succeeded",
+        "cancelled",
+    )
     for name in counts:
         table.add_column(name, justify="right")
     table.add_column("oldest wait", justify="right")
@@ -580,6 +590,44 @@ def stats(cfg: _State, as_json: bool) -> None:
         totals = [str(sum(getattr(s, name) for s in rows)) for name in counts]
         waits = [s.oldest_wait for s in rows if s.oldest_wait is not None]
         table.add_row("total", "", *totals, _duration(max(waits)) if waits else "-", style="bold")
+    _console().print(table)
+
+
+@cli.command()
+@click.argument("app_path", metavar="MODULE:ATTR", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def periodic(cfg: _State, app_path: str | None, as_json: bool) -> None:
+    """Periodic jobs of an app and when each runs next."""
+    from conveyor.scheduler import describe
+
+    if app_path is not None:
+        cfg.app_path = app_path
+    if cfg.app_path is None:
+        raise InputError("name the app whose schedules to list: conveyor periodic MODULE:ATTR")
+    rows = describe(cfg.app())
+    if as_json:
+        _print_json(
+            [
+                {
+                    "name": s.name,
+                    "task": s.task,
+                    "schedule": s.when,
+                    "missed": s.missed,
+                    "next_run": at.isoformat(),
+                }
+                for s, at in rows
+            ]
+        )
+        return
+    if not rows:
+        _console().print(f"{cfg.app_path} has no periodic jobs")
+        return
+    table = Table(title="conveyor periodic", title_justify="left")
+    for name in ("name", "task", "schedule", "missed", "next run"):
+        table.add_column(name)
+    for s, at in rows:
+        table.add_row(Text(s.name), Text(s.task), Text(s.when), s.missed, at.isoformat())
     _console().print(table)
 
 

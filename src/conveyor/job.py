@@ -22,6 +22,7 @@ class JobState(StrEnum):
     RETRYING = "retrying"  # failed, waiting for its backoff to pass
     DEAD = "dead"  # the dead-letter queue: out of attempts, non-retryable, or unknown task
     CANCELLED = "cancelled"
+    BLOCKED = "blocked"  # waiting for the jobs named in after= to finish
 
     @property
     def is_final(self) -> bool:
@@ -34,7 +35,7 @@ class JobState(StrEnum):
 
 FINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.DEAD, JobState.CANCELLED})
 ACTIVE_STATES = frozenset(
-    {JobState.SCHEDULED, JobState.QUEUED, JobState.RUNNING, JobState.RETRYING}
+    {JobState.SCHEDULED, JobState.QUEUED, JobState.RUNNING, JobState.RETRYING, JobState.BLOCKED}
 )
 
 #: Every legal (from, to) pair. The property test checks the backends against this.
@@ -53,6 +54,10 @@ TRANSITIONS: frozenset[tuple[JobState, JobState]] = frozenset(
         (JobState.RETRYING, JobState.CANCELLED),
         (JobState.DEAD, JobState.QUEUED),  # replay
         (JobState.CANCELLED, JobState.QUEUED),  # replay
+        (JobState.BLOCKED, JobState.QUEUED),  # its last dependency finished
+        (JobState.BLOCKED, JobState.SCHEDULED),  # ... and its own delay is still ahead
+        (JobState.BLOCKED, JobState.CANCELLED),  # a dependency failed, or cancel
+        (JobState.RUNNING, JobState.SCHEDULED),  # over its rate limit: waits for its slot
     }
 )
 

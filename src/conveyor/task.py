@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
+from conveyor.ratelimit import RateLimit
 from conveyor.retry import Backoff
 from conveyor.sandbox import Sandbox
 
@@ -32,6 +33,13 @@ class EnqueueOptions:
     max_attempts: int | None = None
     timeout: float | None = None
     result_ttl: float | None = None
+    #: Seconds the dedup ``key`` stays reserved from enqueue on, even after the job ended.
+    unique_for: float | None = None
+    #: Jobs (handles or ids) that must finish first; the job is ``blocked`` until then.
+    after: Any = None
+    #: ``"success"`` (default): cancelled if a dependency ends dead/cancelled;
+    #: ``"always"``: runs once every dependency finished, however it ended.
+    after_policy: str | None = None
     #: The caller's own database connection: enqueue inside its open transaction, so
     #: the job exists if and only if that transaction commits (PostgreSQL).
     connection: Any = None
@@ -52,6 +60,13 @@ class Signature:
     args: tuple[Any, ...] = ()
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     options: EnqueueOptions = EnqueueOptions()
+    #: Set by workflows: a placeholder for dependencies' results, prepended to ``args``
+    #: (see ``conveyor.workflow``), and the job's id chosen in advance so that later
+    #: jobs of the same atomic enqueue can name it in ``after=``.
+    inputs: Mapping[str, Any] | None = field(default=None, repr=False)
+    job_id: str | None = field(default=None, repr=False)
+    #: The app whose task made this signature (lets ``conveyor.chain`` find it).
+    app: Any = field(default=None, compare=False, repr=False)
 
 
 class Task(Generic[P, R]):
@@ -71,6 +86,7 @@ class Task(Generic[P, R]):
         concurrency: int | None,
         result_ttl: float | None,
         sandbox: Sandbox | None = None,
+        rate_limit: Any = None,
     ) -> None:
         if sandbox is not None and not isinstance(sandbox, Sandbox):
             raise TypeError(f"task {name!r}: sandbox must be a conveyor.Sandbox")
@@ -90,6 +106,8 @@ class Task(Generic[P, R]):
         self.result_ttl = result_ttl
         #: Run each attempt in a limited child process (``conveyor.Sandbox``).
         self.sandbox = sandbox
+        #: At most N starts per period, across every worker (``"10/s"``, ``(10, 1.0)``).
+        self.rate_limit = None if rate_limit is None else RateLimit.parse(rate_limit)
         self.is_async = inspect.iscoroutinefunction(fn)
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
@@ -101,12 +119,12 @@ class Task(Generic[P, R]):
         return self.fn(*args, **kwargs)
 
     def options(self, **options: Any) -> BoundTask[P, R]:
-        """Per-call options: ``tenant priority delay at key queue max_attempts timeout
-        result_ttl connection``."""
+        """Per-call options: ``tenant priority delay at key unique_for queue max_attempts
+        timeout result_ttl after after_policy connection``."""
         return BoundTask(self, EnqueueOptions().merged(**options))
 
     def s(self, *args: P.args, **kwargs: P.kwargs) -> Signature:
-        return Signature(self.name, tuple(args), dict(kwargs))
+        return Signature(self.name, tuple(args), dict(kwargs), app=self.app)
 
     def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle:
         return self.app._enqueue_signature(self.s(*args, **kwargs))
@@ -126,7 +144,9 @@ class BoundTask(Generic[P, R]):
         return BoundTask(self.task, self._options.merged(**options))
 
     def s(self, *args: P.args, **kwargs: P.kwargs) -> Signature:
-        return Signature(self.task.name, tuple(args), dict(kwargs), self._options)
+        return Signature(
+            self.task.name, tuple(args), dict(kwargs), self._options, app=self.task.app
+        )
 
     def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle:
         return self.task.app._enqueue_signature(self.s(*args, **kwargs))

@@ -175,13 +175,13 @@ class Conveyor:
         return {j["id"]: j["state"] for j in self.jobs()}
 
     # -- workers -------------------------------------------------------------------------
-    def start_worker(self, *args: str) -> subprocess.Popen[bytes]:
+    def start_worker(self, *args: str, app: str = APP) -> subprocess.Popen[bytes]:
         """``conveyor worker tasks_app:app ARGS`` in the background; output to a log file."""
         log_path = self.path / f"worker-{len(self.procs)}.log"
         self.logs.append(log_path)
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
-                [CONVEYOR, "worker", APP, *args],
+                [CONVEYOR, "worker", app, *args],
                 cwd=self.path,
                 env=self.env,
                 stdout=log,

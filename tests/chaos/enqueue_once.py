@@ -1,5 +1,5 @@
 """One producer process of the dedup race: ``python -m tests.chaos.enqueue_once URL HISTORY
-KEY GO_FILE``. Connects, says it is ready, waits for GO_FILE to appear (so that every
+KEY GO_FILE [UNIQUE_FOR]``. Connects, says it is ready, waits for GO_FILE to appear (so that every
 producer enqueues at the same moment), enqueues ``chaos.work`` with dedup KEY, records the
 acknowledgement and prints the job id."""
 
@@ -30,6 +30,7 @@ def connect(app: Any, seconds: float = 30) -> None:
 
 def main() -> None:
     url, history, key, go = sys.argv[1:5]
+    window = {"unique_for": float(sys.argv[5])} if len(sys.argv) > 5 else {}
     app = make_app(url, history)
     connect(app)
     print("ready", flush=True)
@@ -38,7 +39,7 @@ def main() -> None:
         if time.monotonic() > deadline:
             sys.exit("no go signal")
         time.sleep(0.001)
-    handle = app.enqueue("chaos.work", args=[0], key=key)
+    handle = app.enqueue("chaos.work", args=[0], key=key, **window)
     Recorder(history).record("enqueued", id=handle.id, key=key)
     print(handle.id, flush=True)
     app.close()

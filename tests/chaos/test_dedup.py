@@ -17,9 +17,11 @@ PRODUCERS = 50
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("unique_for", [None, 60.0], ids=["active", "window"])
 def test_concurrent_enqueues_with_one_key_from_threads_and_processes_make_one_job(
-    cluster: Cluster, tmp_path: Path
+    cluster: Cluster, tmp_path: Path, unique_for: float | None
 ) -> None:
+    window = {} if unique_for is None else {"unique_for": unique_for}
     key = "the-one"
     go = tmp_path / "go"
     procs = [
@@ -32,6 +34,7 @@ def test_concurrent_enqueues_with_one_key_from_threads_and_processes_make_one_jo
                 str(cluster.history),
                 key,
                 str(go),
+                *([] if unique_for is None else [str(unique_for)]),
             ],
             env=cluster.env,
             stdout=subprocess.PIPE,
@@ -50,7 +53,7 @@ def test_concurrent_enqueues_with_one_key_from_threads_and_processes_make_one_jo
         app = apps[app_index]
         connect(app)  # connected before the race
         barrier.wait()
-        job_id = app.enqueue("chaos.work", args=[0], key=key).id
+        job_id = app.enqueue("chaos.work", args=[0], key=key, **window).id
         cluster.recorder.record("enqueued", id=job_id, key=key)
         thread_ids.append(job_id)
 

@@ -115,3 +115,13 @@ async def test_many_instances_open_a_fresh_store_at_once(
     instances = await asyncio.gather(*(open_backend() for _ in range(4)))
     ids = await asyncio.gather(*(b.enqueue([make_job()]) for b in instances))
     assert len(await instances[0].query()) == len(ids) == 4
+
+
+async def test_get_many_keeps_order_and_reports_missing_ids(
+    backend: Backend, make_job: MakeJob
+) -> None:
+    a, b = make_job("a"), make_job("b")
+    await backend.enqueue([a, b])
+    found = await backend.get_many([b.id, "missing", a.id])
+    assert [j.task if j else None for j in found] == ["b", None, "a"]
+    assert await backend.get_many([]) == []

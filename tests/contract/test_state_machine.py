@@ -1,14 +1,15 @@
 """Property-based test of the job state machine, driven through the backend protocol.
 
-Hypothesis runs random sequences of enqueue / claim / heartbeat / finish (with current and
-stale lease tokens) / clock jumps / reap / promote / cancel / replay, and after every step
-checks that:
+Hypothesis runs random sequences of enqueue (some with dependencies on earlier jobs) /
+claim / heartbeat / finish (with current and stale lease tokens) / rate-limited starts /
+clock jumps / reap / promote / cancel / replay, and after every step checks that:
 
 * every state change a job went through is a legal transition (``conveyor.job.TRANSITIONS``,
   plus the two a claim makes in one go when it promotes a due job and takes it);
 * ``attempt <= max_attempts`` always;
 * at most one lease per job is valid: a write with any token but the latest is rejected,
-  and a running job always has a lease while a job in any other state has none.
+  and a running job always has a lease while a job in any other state has none;
+* a blocked job waits for at least one dependency that has not finished.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from conveyor.backends import create_backend
-from conveyor.backends.base import Lease, NewJob, Outcome, OutcomeKind
+from conveyor.backends.base import Lease, NewJob, Outcome, OutcomeKind, RateBucket
 from conveyor.job import TRANSITIONS, JobState, new_job_id
 from tests.contract.conftest import ENGINES, fresh_store
 
@@ -56,6 +57,7 @@ class JobStateMachine(RuleBasedStateMachine):
         self.run(self.backend.open())
         self.states: dict[str, JobState] = {}
         self.tokens: dict[str, list[str]] = {}  # every token ever issued, latest last
+        self.deps: dict[str, tuple[str, ...]] = {}  # job -> the jobs it was enqueued after
         self.last_op = "init"
 
     def run(self, coro: Any) -> Any:
@@ -73,10 +75,23 @@ class JobStateMachine(RuleBasedStateMachine):
         max_attempts=st.integers(1, 3),
         tenant=st.sampled_from([None, "a", "b"]),
         priority=st.integers(0, 9),
+        data=st.data(),
+        policy=st.sampled_from(["success", "always"]),
     )
     def enqueue(
-        self, count: int, delay: float | None, max_attempts: int, tenant: str | None, priority: int
+        self,
+        count: int,
+        delay: float | None,
+        max_attempts: int,
+        tenant: str | None,
+        priority: int,
+        data: st.DataObject,
+        policy: str,
     ) -> None:
+        known = sorted(self.states)
+        after: tuple[str, ...] = ()
+        if known:
+            after = tuple(data.draw(st.lists(st.sampled_from(known), max_size=2, unique=True)))
         jobs = [
             NewJob(
                 id=new_job_id(),
@@ -88,12 +103,26 @@ class JobStateMachine(RuleBasedStateMachine):
                 kwargs_json="{}",
                 max_attempts=max_attempts,
                 delay=delay,
+                after=after,
+                after_policy=policy,
             )
             for _ in range(count)
         ]
         self.last_op = "enqueue"
         ids = self.run(self.backend.enqueue(jobs))
         assert ids == [j.id for j in jobs]
+        for job in jobs:
+            self.deps[job.id] = after
+
+    @precondition(lambda self: bool(self.tokens))
+    @rule(data=st.data(), stale=st.booleans())
+    def take_rate(self, data: st.DataObject, stale: bool) -> None:
+        job_id = data.draw(st.sampled_from(sorted(self.tokens)))
+        tokens = self.tokens[job_id]
+        token = tokens[0] if stale and len(tokens) > 1 else tokens[-1]
+        self.last_op = "take_rate"
+        bucket = RateBucket("task:t", 1, 5.0)
+        self.run(self.backend.take_rate(Lease(job_id, token), [bucket]))
 
     @rule(limit=st.integers(1, 4))
     def claim(self, limit: int) -> None:
@@ -199,6 +228,10 @@ class JobStateMachine(RuleBasedStateMachine):
             assert allowed, f"{self.last_op}: illegal {old.value} -> {job.state.value}"
         assert set(self.states) <= set(now), "a job disappeared"
         self.states = {job_id: job.state for job_id, job in now.items()}
+        for job_id, job in now.items():
+            if job.state is S.BLOCKED:
+                waiting = [d for d in self.deps[job_id] if not now[d].state.is_final]
+                assert waiting, f"{self.last_op}: {job_id} blocked with every dependency done"
 
 
 _SETTINGS = settings(

@@ -7,6 +7,9 @@ import conveyor
 EXPECTED = {
     "App",
     "Backoff",
+    "Batch",
+    "BatchFailed",
+    "BatchProgress",
     "BoundTask",
     "ConveyorError",
     "Fail",
@@ -23,6 +26,8 @@ EXPECTED = {
     "Signature",
     "Task",
     "Worker",
+    "chain",
+    "chain_async",
     "current_job",
 }
 
@@ -45,6 +50,7 @@ def test_job_states_are_the_documented_ones() -> None:
         "retrying",
         "dead",
         "cancelled",
+        "blocked",
     ]
 
 

@@ -71,8 +71,18 @@ class NewJob:
     #: Seconds a succeeded or cancelled job is kept before it is purged; None keeps it.
     result_ttl: float | None = None
     #: Dedup key: while a job with this key is active (scheduled, queued, running,
-    #: retrying), enqueueing another returns the active job's id instead.
+    #: retrying, blocked), enqueueing another returns the active job's id instead.
     key: str | None = None
+    #: Seconds (from the store's now) the ``key`` stays reserved after this job was
+    #: enqueued, whatever state the job is in; None reserves it only while active.
+    unique_for: float | None = None
+    #: Ids of jobs that must finish first: the job is ``blocked`` until all of them
+    #: succeeded (then ``queued``, or ``scheduled`` if its own due time is still ahead).
+    #: Each must exist (in the store, or earlier in the same ``enqueue`` call).
+    after: tuple[str, ...] = ()
+    #: ``"success"``: a dependency ending ``dead``/``cancelled`` cancels this job (with a
+    #: ``DependencyFailed`` error naming it); ``"always"``: it runs anyway.
+    after_policy: str = "success"
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +108,16 @@ class ClaimedJob:
 class Lease:
     id: str
     token: str
+
+
+@dataclass(frozen=True, slots=True)
+class RateBucket:
+    """A rate limit's shared state in the store: at most ``limit`` starts per ``period``
+    seconds (bursts of up to ``limit``), for every job that names ``name``."""
+
+    name: str
+    limit: int
+    period: float
 
 
 class OutcomeKind(StrEnum):
@@ -148,6 +168,7 @@ class QueueStats:
     oldest_wait: float | None
     weight: float = 1.0
     max_running: int | None = None
+    blocked: int = 0
 
 
 class Backend(abc.ABC):
@@ -267,6 +288,22 @@ class Backend(abc.ABC):
     async def progress(self, lease: Lease, fraction: float | None, message: str | None) -> bool:
         """Record progress of a running job; False if the lease no longer holds."""
 
+    async def take_rate(self, lease: Lease, buckets: Sequence[RateBucket]) -> float:
+        """Take one start from every bucket for the running job ``lease``, atomically.
+
+        Returns 0.0: the job may run now. Otherwise the store has already reserved the
+        job's slot in every bucket (the slots of later callers come after it) and moved
+        the job back to ``scheduled`` until that slot, attempt given back (``cancelled``
+        instead if a cancel was requested); the caller drops the attempt. When the job
+        is claimed again, its reservations are used and it runs. Returns the seconds
+        until the slot. A lease that no longer holds returns 0.0 and changes nothing
+        (the worker's outcome will be rejected as usual).
+
+        Rate state follows the generic cell rate algorithm: per bucket one
+        "theoretical arrival time"; a start costs ``period / limit`` seconds of it.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no rate limits")
+
     @abc.abstractmethod
     async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
         """Return when a job may have become ready in ``queues``, or after ``timeout``.
@@ -301,6 +338,10 @@ class Backend(abc.ABC):
     # -- operators ---------------------------------------------------------------------
     @abc.abstractmethod
     async def get(self, job_id: str) -> Job | None: ...
+
+    async def get_many(self, job_ids: Sequence[str]) -> list[Job | None]:
+        """``get`` for each id, in order (engines may do it in one round trip)."""
+        return [await self.get(job_id) for job_id in job_ids]
 
     @abc.abstractmethod
     async def query(
@@ -349,6 +390,28 @@ def job_error_json(attempt: int, type_: str, message: str, at: float, tb: str | 
     from conveyor.serialize import dumps
 
     return dumps({"attempt": attempt, "type": type_, "message": message, "traceback": tb, "at": at})
+
+
+#: Error type recorded on a job cancelled because a dependency ended dead or cancelled.
+DEPENDENCY_FAILED = "DependencyFailed"
+AFTER_POLICIES = ("success", "always")
+
+
+def dependency_failed_message(dep_id: str, dep_task: str, dep_state: str) -> str:
+    """The error message of a dependent cancelled by a failed dependency (one wording on
+    every engine; the SQL and Lua versions build the same text)."""
+    return f"dependency {dep_id} ({dep_task}) ended {dep_state}"
+
+
+class DependencyNotFound(ValueError):
+    """``after=`` named a job that does not exist: dependencies must exist first."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(
+            f"after=: no job with id {job_id!r} (a dependency must exist before the job "
+            "that waits for it)"
+        )
 
 
 def decode_tenant(value: Any) -> str | None:

@@ -30,6 +30,7 @@ from conveyor.backends import create_backend
 from conveyor.backends.base import Backend, ClaimedJob, Lease, Outcome, OutcomeKind
 from conveyor.context import JobContext
 from conveyor.job import from_timestamp
+from conveyor.scheduler import Scheduler
 from conveyor.worker.runner import run_attempt
 from conveyor.worker.threads import DaemonThreadPool
 
@@ -56,7 +57,7 @@ class _Attempt:
     job: ClaimedJob
     ctx: JobContext | None
     renewed_at: float  # monotonic time of the last lease grant or renewal
-    task: asyncio.Task[Outcome] | None = None
+    task: asyncio.Task[Outcome | None] | None = None
     stop_reason: StopReason | None = None
     stuck: bool = False
     progress: tuple[float | None, str | None] | None = field(default=None)
@@ -101,6 +102,7 @@ class Worker:
         self.id = name or f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(3)}"
         self.poll_interval = poll_interval
         self.maintenance_interval = maintenance_interval
+        self._scheduler = Scheduler(app)
         #: In a supervised process: exit (and be replaced) when a sync task overruns its
         #: timeout. In-process (tests, notebooks) the stuck thread is abandoned instead.
         self.replace_on_stuck = replace_on_stuck
@@ -325,7 +327,12 @@ class Worker:
             )
         assert self._executor is not None
         coro = run_attempt(
-            task, job, attempt.ctx, self._executor, functools.partial(self._mark_stuck, attempt)
+            task,
+            job,
+            attempt.ctx,
+            self._executor,
+            functools.partial(self._mark_stuck, attempt),
+            self._backend,
         )
         attempt.task = asyncio.create_task(coro, name=f"conveyor-job-{job.id}")
         attempt.task.add_done_callback(functools.partial(self._finished, attempt))
@@ -513,9 +520,12 @@ class Worker:
                     log.warning("reaped %d job(s) whose worker was lost", reaped)
                     self._wake.set()
                 await self._call("promote", backend.promote)
+                await self._call("periodic", lambda: self._scheduler.run_due(backend))
                 if time.monotonic() - last_purge > _PURGE_EVERY:
                     last_purge = time.monotonic()
                     await self._call("purge", backend.purge)
+            else:
+                self._scheduler.lost_lock()
             await asyncio.sleep(self.maintenance_interval)
 
 

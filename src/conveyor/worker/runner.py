@@ -11,13 +11,15 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any
 
-from conveyor.backends.base import ClaimedJob, Outcome, OutcomeKind
+from conveyor.backends.base import Backend, ClaimedJob, Lease, Outcome, OutcomeKind
 from conveyor.context import JobContext, _current
+from conveyor.ratelimit import buckets_for
 from conveyor.retry import Fail, Retry
 from conveyor.sandbox import SANDBOX_LIMIT_ERROR
 from conveyor.serialize import dumps, loads
 from conveyor.task import Task
 from conveyor.worker.sandbox import SandboxEnd, run_in_sandbox
+from conveyor.workflow import MissingResult, is_marker, resolve_inputs
 
 
 class _TimedOut(Exception):
@@ -83,8 +85,10 @@ async def run_attempt(
     ctx: JobContext | None,
     executor: Executor,
     on_stuck: Callable[[], None],
-) -> Outcome:
-    """Run the job's task once; every way it can end becomes an Outcome.
+    backend: Backend | None = None,
+) -> Outcome | None:
+    """Run the job's task once; every way it can end becomes an Outcome (None: over its
+    rate limit, the store put the job back to wait for its slot; nothing to report).
 
     ``asyncio.CancelledError`` is the one thing that escapes: the worker cancelled the
     attempt (cancel request, lost lease, shutdown) and decides the outcome itself.
@@ -100,6 +104,18 @@ async def run_attempt(
         return dead(job, "InvalidPayload", f"stored arguments are not valid JSON: {exc}")
     if not isinstance(args, list) or not isinstance(kwargs, dict):
         return dead(job, "InvalidPayload", "stored arguments must be a JSON list and object")
+    if backend is not None:
+        buckets = buckets_for(job.task, task.rate_limit, job.tenant, task.app.tenant_rates)
+        if buckets and await backend.take_rate(Lease(job.id, job.lease_token), buckets) > 0:
+            return None
+    if backend is not None and args and is_marker(args[0]):
+        # A chain step or merge job: its first argument names the results it gets.
+        try:
+            args, kwargs = await resolve_inputs(backend, args, kwargs)
+        except MissingResult as exc:
+            return dead(job, "MissingResult", str(exc))
+        except Exception as exc:  # the store is briefly unreachable: try again later
+            return failed(job, task, _exc_type(exc), f"reading dependency results: {exc}")
     if task.sandbox is not None:
         end = await run_in_sandbox(task, ctx, args, kwargs, job.timeout)
         return _sandbox_outcome(job, task, end)

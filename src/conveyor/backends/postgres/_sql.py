@@ -87,11 +87,25 @@ class Queries:
     job_counts: str
     tenant_settings: str
     clock: str
+    # workflow.sql
+    link: str
+    reserve_key: str
+    unreserve_key: str
+    purge_key_windows: str
+    take_rate: str
+    get_jobs: str
 
     @classmethod
     def load(cls, schema_name: str) -> Queries:
-        text = files(_PACKAGE).joinpath("queries.sql").read_text(encoding="utf-8")
-        named = parse_named(text)
+        named: dict[str, str] = {}
+        for source in ("queries.sql", "workflow.sql"):
+            text = files(_PACKAGE).joinpath(source).read_text(encoding="utf-8")
+            found = parse_named(text)
+            if found.keys() & named.keys():
+                raise ValueError(
+                    f"{source} repeats statements: {sorted(found.keys() & named.keys())}"
+                )
+            named.update(found)
         wanted = [f.name for f in fields(cls)]
         missing = sorted(set(wanted) - named.keys())
         if missing:

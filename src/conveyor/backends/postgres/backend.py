@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import math
 import random
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -40,11 +41,13 @@ from conveyor.backends.base import (
     Capabilities,
     ClaimedJob,
     Clock,
+    DependencyNotFound,
     HeartbeatReply,
     Lease,
     NewJob,
     Outcome,
     QueueStats,
+    RateBucket,
 )
 from conveyor.backends.postgres import _sql, _url
 from conveyor.backends.postgres._listen import Listener, Mark, Snapshot
@@ -63,7 +66,7 @@ POOL_TIMEOUT = 10.0
 PURGE_CHUNK = 5000
 #: Poll interval ceiling while the LISTEN connection is down (jittered below it).
 POLL_FALLBACK = 0.25
-_WAITING = frozenset({JobState.SCHEDULED, JobState.QUEUED, JobState.RETRYING})
+_WAITING = frozenset({JobState.SCHEDULED, JobState.QUEUED, JobState.RETRYING, JobState.BLOCKED})
 _REPLAYABLE = frozenset({JobState.DEAD, JobState.CANCELLED})
 
 
@@ -193,11 +196,49 @@ class PostgresBackend(Backend):
         if not jobs:
             return []
         async with self._conn() as conn:
+            if any(job.after or job.unique_for is not None for job in jobs):
+                async with conn.transaction():
+                    return await self._enqueue_workflow(conn, jobs)
             if any(job.key is not None for job in jobs):
                 # The holder lookup must see the same store as the insert did.
                 async with conn.transaction():
                     return await self._enqueue_on(conn, jobs)
             return await self._enqueue_on(conn, jobs)
+
+    async def _enqueue_workflow(self, conn: Conn, jobs: Sequence[NewJob]) -> list[str]:
+        """Enqueue with dedup windows and dependencies, in the caller's transaction.
+
+        Windows are reserved first (a job whose key is reserved by another job is not
+        inserted), then the jobs are inserted as usual, then ``conveyor_link`` records
+        their dependencies, blocking them or settling them at once.
+        """
+        now = self._now()
+        windowed: dict[str, str] = {}  # job id -> the job holding its key's window
+        for job in jobs:
+            if job.key is not None and job.unique_for is not None:
+                params = {"key": job.key, "id": job.id, "ttl": job.unique_for, "now": now}
+                cur = await conn.execute(self._q.reserve_key, params)
+                row = await cur.fetchone()
+                assert row is not None
+                windowed[job.id] = row[0]
+        fresh = [j for j in jobs if windowed.get(j.id, j.id) == j.id]
+        ids = dict(zip((j.id for j in fresh), await self._enqueue_on(conn, fresh), strict=True))
+        for job in fresh:
+            if job.id in windowed and ids[job.id] != job.id:
+                await conn.execute(self._q.unreserve_key, {"key": job.key, "id": job.id})
+        linked = [j for j in fresh if j.after and ids[j.id] == j.id]
+        if linked:
+            params = {
+                "ids": [j.id for j in linked],
+                "deps": [json.dumps(list(j.after)) for j in linked],
+                "policies": [j.after_policy for j in linked],
+                "now": now,
+            }
+            cur = await conn.execute(self._q.link, params)
+            row = await cur.fetchone()
+            if row is not None and row[0] is not None:
+                raise DependencyNotFound(row[0])
+        return [windowed[j.id] if windowed.get(j.id, j.id) != j.id else ids[j.id] for j in jobs]
 
     async def _enqueue_on(self, conn: Conn, jobs: Sequence[NewJob]) -> list[str]:
         """Insert ``jobs`` on ``conn``, inside whatever transaction it has open.
@@ -217,6 +258,7 @@ class PostgresBackend(Backend):
         return _resolve_ids(jobs, inserted, holders)
 
     def enqueue_in_transaction(self, connection: Any, jobs: Sequence[NewJob]) -> list[str]:
+        _no_workflow_in_transaction(jobs)
         if not isinstance(connection, psycopg.Connection):
             raise TypeError(
                 "connection= takes a psycopg (3) Connection here; "
@@ -234,6 +276,7 @@ class PostgresBackend(Backend):
     async def enqueue_in_transaction_async(
         self, connection: Any, jobs: Sequence[NewJob]
     ) -> list[str]:
+        _no_workflow_in_transaction(jobs)
         if not isinstance(connection, psycopg.AsyncConnection):
             raise TypeError(
                 "connection= takes a psycopg (3) AsyncConnection here; "
@@ -341,6 +384,20 @@ class PostgresBackend(Backend):
         applied = {(job_id, token) for job_id, token in rows}
         return [(o.id, o.lease_token) in applied for o in outcomes]
 
+    async def take_rate(self, lease: Lease, buckets: Sequence[RateBucket]) -> float:
+        if not buckets:
+            return 0.0
+        params = {
+            "id": lease.id,
+            "token": lease.token,
+            "names": [b.name for b in buckets],
+            "limits": [b.limit for b in buckets],
+            "periods": [float(b.period) for b in buckets],
+            "now": self._now(),
+        }
+        rows = await self._rows(self._q.take_rate, params)
+        return float(rows[0][0])
+
     async def progress(self, lease: Lease, fraction: float | None, message: str | None) -> bool:
         params = {"id": lease.id, "token": lease.token, "fraction": fraction, "message": message}
         return await self._rowcount(self._q.progress, params) == 1
@@ -400,6 +457,7 @@ class PostgresBackend(Backend):
             if deleted < PURGE_CHUNK:
                 break
         await self._rowcount(self._q.prune_tenants, {})
+        await self._rowcount(self._q.purge_key_windows, {"now": self._now()})
         return total
 
     async def try_lock(self, name: str, owner: str, ttl: float) -> bool:
@@ -413,6 +471,13 @@ class PostgresBackend(Backend):
     async def get(self, job_id: str) -> Job | None:
         rows = await self._rows(self._q.get_job, {"id": job_id})
         return job_from_row(rows[0]) if rows else None
+
+    async def get_many(self, job_ids: Sequence[str]) -> list[Job | None]:
+        if not job_ids:
+            return []
+        rows = await self._rows(self._q.get_jobs, {"ids": list(job_ids)})
+        found = {job.id: job for job in map(job_from_row, rows)}
+        return [found.get(job_id) for job_id in job_ids]
 
     async def query(
         self,
@@ -506,6 +571,14 @@ class PostgresBackend(Backend):
             cur = await conn.execute(self._q.tenant_settings)
             settings = await cur.fetchall()
         return build_stats(counts, settings, float(now_row[0]))
+
+
+def _no_workflow_in_transaction(jobs: Sequence[NewJob]) -> None:
+    if any(job.after or job.unique_for is not None for job in jobs):
+        raise ValueError(
+            "after= and unique_for= cannot be combined with connection= (transactional "
+            "enqueue); enqueue such jobs after your transaction commits"
+        )
 
 
 def _refused_keys(jobs: Sequence[NewJob], inserted: set[str]) -> list[str]:

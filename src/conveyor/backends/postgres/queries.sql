@@ -57,7 +57,7 @@ RETURNING id;
 -- qualified. %(keys)s -> (key, id) of the active jobs holding those dedup keys.
 SELECT key, id FROM {schema}.jobs
 WHERE key = ANY (%(keys)s::text[])
-  AND state IN ('scheduled', 'queued', 'running', 'retrying');
+  AND state IN ('scheduled', 'queued', 'running', 'retrying', 'blocked');
 
 
 -- name: claim
@@ -293,11 +293,12 @@ SELECT state, key, queue FROM jobs WHERE id = %(id)s FOR UPDATE;
 
 
 -- name: cancel_waiting
--- scheduled/queued/retrying -> cancelled; the record expires result_ttl after now.
+-- scheduled/queued/retrying/blocked -> cancelled; the record expires result_ttl after
+-- now. Jobs waiting for this one are settled by the jobs_settle_dependents trigger.
 UPDATE jobs
 SET state = 'cancelled', finished_at = conveyor_now(%(now)s),
     expires_at = conveyor_now(%(now)s) + result_ttl
-WHERE id = %(id)s AND state IN ('scheduled', 'queued', 'retrying');
+WHERE id = %(id)s AND state IN ('scheduled', 'queued', 'retrying', 'blocked');
 
 
 -- name: request_cancel
@@ -309,7 +310,7 @@ UPDATE jobs SET cancel_requested = true WHERE id = %(id)s AND state = 'running';
 -- Is dedup %(key)s held by an active job other than %(id)s?
 SELECT id FROM jobs
 WHERE key = %(key)s AND id <> %(id)s
-  AND state IN ('scheduled', 'queued', 'running', 'retrying');
+  AND state IN ('scheduled', 'queued', 'running', 'retrying', 'blocked');
 
 
 -- name: replay
@@ -367,7 +368,8 @@ SELECT queue, tenant,
        count(*) FILTER (WHERE state = 'running'), count(*) FILTER (WHERE state = 'retrying'),
        count(*) FILTER (WHERE state = 'dead'), count(*) FILTER (WHERE state = 'succeeded'),
        count(*) FILTER (WHERE state = 'cancelled'),
-       min(ready_at) FILTER (WHERE state = 'queued')
+       min(ready_at) FILTER (WHERE state = 'queued'),
+       count(*) FILTER (WHERE state = 'blocked')
 FROM jobs
 GROUP BY queue, tenant;
 

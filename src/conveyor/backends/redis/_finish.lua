@@ -105,6 +105,9 @@ local function finish_outcomes(now, G, outcomes, caps)
                 release_key(G, id, dkey)
             end
             redis.call('HSET', key, unpack(fields))
+            if new == 'succeeded' or new == 'dead' or new == 'cancelled' then
+                settle_dependents(G, id, new, task, now)
+            end
             redis.call('HDEL', key, 'lease_token', 'lease_expires_at')
             if new == 'queued' then
                 make_ready(G, QP, id, tenant, task, base, now)

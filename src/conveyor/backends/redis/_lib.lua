@@ -255,3 +255,90 @@ end
 local function wake(QP)
     redis.call('PUBLISH', QP .. 'wake', '1')
 end
+
+-- Dependencies (after=). Keys:
+--   G..'dn:'..id   set   ids of blocked jobs waiting for job id (deleted once settled)
+-- Job hash fields of a job with dependencies: pending (unfinished dependencies),
+-- after_policy ('success' or 'always').
+-- A job reaching a final state settles its dependents in the same script, whatever
+-- path finished it (finish, reap, cancel, or a cascade of this very helper).
+local settle_dependents
+
+local function dependency_error(attempt, message, now)
+    return cjson.encode({ attempt = tonumber(attempt) or 0, type = 'DependencyFailed',
+        message = message, traceback = cjson.null, at = now })
+end
+
+-- A blocked job is cancelled because a dependency failed; its own dependents follow.
+local function cancel_blocked(G, id, message, now)
+    local key = jkey(G, id)
+    local f = redis.call('HMGET', key, 'qp', 'tenant', 'task', 'result_ttl', 'key', 'attempt')
+    set_state(G, f[1], id, f[2], 'blocked', 'cancelled')
+    redis.call('HSET', key, 'finished_at', fmt(now))
+    set_expiry(G, f[1], id, f[4], now)
+    release_key(G, id, f[5])
+    append_error(G, id, dependency_error(f[6], message, now))
+    settle_dependents(G, id, 'cancelled', f[3], now)
+end
+
+-- Every dependency of a blocked job finished: queued, or scheduled when its own due
+-- time is still ahead.
+local function release_blocked(G, id, now)
+    local key = jkey(G, id)
+    local f = redis.call('HMGET', key, 'qp', 'tenant', 'task', 'base_priority', 'run_at')
+    local QP = f[1]
+    local run_at = tonumber(f[5] or '')
+    if run_at and run_at > now then
+        set_state(G, QP, id, f[2], 'blocked', 'scheduled')
+        redis.call('ZADD', QP .. 'due', fmt(run_at), id)
+    else
+        set_state(G, QP, id, f[2], 'blocked', 'queued')
+        make_ready(G, QP, id, f[2], f[3], f[4], now)
+    end
+    wake(QP)
+end
+
+settle_dependents = function(G, id, state, task, now)
+    local dk = G .. 'dn:' .. id
+    local children = redis.call('SMEMBERS', dk)
+    if #children == 0 then
+        return
+    end
+    redis.call('DEL', dk)
+    table.sort(children) -- a deterministic order (ids sort by creation)
+    for _, child in ipairs(children) do
+        local ck = jkey(G, child)
+        local f = redis.call('HMGET', ck, 'state', 'after_policy')
+        if f[1] == 'blocked' then
+            if state ~= 'succeeded' and f[2] ~= 'always' then
+                cancel_blocked(G, child, 'dependency ' .. id .. ' (' .. task .. ') ended ' .. state, now)
+            elseif redis.call('HINCRBY', ck, 'pending', -1) <= 0 then
+                release_blocked(G, child, now)
+            end
+        end
+    end
+end
+
+-- A freshly inserted blocked job: record its dependencies (every one exists, checked
+-- before anything was written) or settle it at once when they already finished.
+local function link_dependencies(G, id, deps, policy, now)
+    local pending, failed = 0, nil
+    for _, parent in ipairs(deps) do
+        local f = redis.call('HMGET', jkey(G, parent), 'state', 'task')
+        if f[1] == 'succeeded' then
+            -- nothing to wait for
+        elseif f[1] == 'dead' or f[1] == 'cancelled' then
+            if policy ~= 'always' and not failed then
+                failed = 'dependency ' .. parent .. ' (' .. f[2] .. ') ended ' .. f[1]
+            end
+        elseif redis.call('SADD', G .. 'dn:' .. parent, id) == 1 then
+            pending = pending + 1
+        end
+    end
+    redis.call('HSET', jkey(G, id), 'pending', pending, 'after_policy', policy)
+    if failed then
+        cancel_blocked(G, id, failed, now)
+    elseif pending == 0 then
+        release_blocked(G, id, now)
+    end
+end

@@ -11,7 +11,16 @@ from conveyor.serialize import loads, loads_for_display
 
 #: Fields per claimed job in claim.lua's reply.
 CLAIM_FIELDS = 13
-STATES = ("scheduled", "queued", "running", "retrying", "dead", "succeeded", "cancelled")
+STATES = (
+    "scheduled",
+    "queued",
+    "running",
+    "retrying",
+    "dead",
+    "succeeded",
+    "cancelled",
+    "blocked",
+)
 
 
 def _float(value: str | None) -> float | None:
@@ -123,5 +132,6 @@ def stats_from_reply(reply: Sequence[Any]) -> list[QueueStats]:
                 oldest_wait=None if ready_at is None else max(0.0, now - ready_at),
                 weight=weights.get(tenant, 1.0),
                 max_running=caps.get(tenant),
+                blocked=c.get("blocked", 0),
             )
     return [out[k] for k in sorted(out)]

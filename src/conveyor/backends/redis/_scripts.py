@@ -57,6 +57,7 @@ class Scripts:
     stats: AsyncScript
     query: AsyncScript
     probe: AsyncScript
+    rate: AsyncScript
 
     @classmethod
     def register(cls, client: Any) -> Scripts:

@@ -36,11 +36,13 @@ from conveyor.backends.base import (
     Capabilities,
     ClaimedJob,
     Clock,
+    DependencyNotFound,
     HeartbeatReply,
     Lease,
     NewJob,
     Outcome,
     QueueStats,
+    RateBucket,
 )
 from conveyor.backends.redis._blocking import BlockingEnqueuer
 from conveyor.backends.redis._client import make_client, store_time
@@ -68,6 +70,13 @@ PURGE_CHUNK = 2000
 def _num(value: float | None) -> str:
     # repr() is the shortest string that reads back as the same double in Lua too.
     return "" if value is None else repr(float(value))
+
+
+def _enqueue_error(exc: rexc.ResponseError) -> Exception:
+    """enqueue.lua's refusal of a job whose dependency does not exist, as the core's
+    error; any other error reply unchanged."""
+    missing = str(exc).partition("DependencyNotFound ")[2]
+    return DependencyNotFound(missing.strip()) if missing else exc
 
 
 def _outcomes_json(outcomes: Sequence[Outcome]) -> str:
@@ -192,6 +201,9 @@ class RedisBackend(Backend):
                 job.key or "",
                 _num(job.delay) if job.delay else "",
                 _num(job.run_at),
+                json.dumps(list(job.after)) if job.after else "",
+                job.after_policy,
+                _num(job.unique_for),
             )
             for job in jobs
         ]
@@ -205,9 +217,12 @@ class RedisBackend(Backend):
     async def enqueue(self, jobs: Sequence[NewJob]) -> list[str]:
         if not jobs:
             return []
-        ids: list[str] = await self._s.enqueue(
-            keys=[self.keys.route], args=self._enqueue_args(jobs)
-        )
+        try:
+            ids: list[str] = await self._s.enqueue(
+                keys=[self.keys.route], args=self._enqueue_args(jobs)
+            )
+        except rexc.ResponseError as exc:
+            raise _enqueue_error(exc) from None
         if self._wake is not None:
             self._wake.flag.set()  # our own listener may not be subscribed to these queues
         return ids
@@ -215,7 +230,10 @@ class RedisBackend(Backend):
     def enqueue_blocking(self, jobs: Sequence[NewJob]) -> list[str]:
         if not jobs:
             return []
-        return self._blocking.run([self.keys.route], self._enqueue_args(jobs))
+        try:
+            return self._blocking.run([self.keys.route], self._enqueue_args(jobs))
+        except rexc.ResponseError as exc:
+            raise _enqueue_error(exc) from None
 
     def close_blocking(self) -> None:
         self._blocking.close()
@@ -304,6 +322,15 @@ class RedisBackend(Backend):
         reply: list[int] = await self._s.finish(keys=[self.keys.route], args=args)
         return [bool(x) for x in reply]
 
+    async def take_rate(self, lease: Lease, buckets: Sequence[RateBucket]) -> float:
+        if not buckets:
+            return 0.0
+        args: list[str] = [self._now_arg(), self.keys.store, lease.id, lease.token]
+        for b in buckets:
+            args += [b.name, str(b.limit), _num(b.period)]
+        reply = await self._s.rate(keys=[self.keys.route], args=args)
+        return float(reply)
+
     async def progress(self, lease: Lease, fraction: float | None, message: str | None) -> bool:
         args = [
             self.keys.store,
@@ -374,6 +401,15 @@ class RedisBackend(Backend):
     async def get(self, job_id: str) -> Job | None:
         fields = await self._client.hgetall(self.keys.job(job_id))
         return job_from_hash(fields) if fields else None
+
+    async def get_many(self, job_ids: Sequence[str]) -> list[Job | None]:
+        if not job_ids:
+            return []
+        async with self._client.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hgetall(self.keys.job(job_id))
+            replies = await pipe.execute()
+        return [job_from_hash(fields) if fields else None for fields in replies]
 
     async def query(
         self,

@@ -1,4 +1,5 @@
--- cancel: waiting jobs become cancelled at once; a running job gets a cancel request.
+-- cancel: waiting jobs (scheduled, queued, retrying, blocked) become cancelled at once,
+-- and the jobs waiting for them are settled; a running job gets a cancel request.
 --
 -- KEYS[1]  routing key   ARGV[1]  now ('' = Redis TIME)   ARGV[2]  G   ARGV[3]  job id
 -- Returns the job's state afterwards, or nil if there is no such job.
@@ -11,16 +12,17 @@ if not state then
     return nil
 end
 local QP, tenant = f[2], f[3]
-if state == 'queued' or state == 'scheduled' or state == 'retrying' then
+if state == 'queued' or state == 'scheduled' or state == 'retrying' or state == 'blocked' then
     if state == 'queued' then
         unready(QP, id, tenant, f[4], f[5])
-    else
+    elseif state ~= 'blocked' then
         redis.call('ZREM', QP .. 'due', id)
     end
     set_state(G, QP, id, tenant, state, 'cancelled')
     redis.call('HSET', key, 'finished_at', fmt(now))
     set_expiry(G, QP, id, f[6], now)
     release_key(G, id, f[7])
+    settle_dependents(G, id, 'cancelled', f[4], now)
     return 'cancelled'
 end
 if state == 'running' then

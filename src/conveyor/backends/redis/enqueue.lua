@@ -6,7 +6,13 @@
 -- ARGV[3]  JSON [[queue name, QP], ...]
 -- ARGV[4]  JSON [[id, task, queue index (1-based), tenant ('' = default), priority,
 --            args_json, kwargs_json, max_attempts, timeout, result_ttl, key, delay,
---            run_at], ...]   ('' = none for the last five; numbers as strings)
+--            run_at, after, after_policy, unique_for], ...]   ('' = none for timeout,
+--            result_ttl, key, delay, run_at, after (a JSON array of ids), unique_for;
+--            numbers as strings)
+-- A job with dependencies is inserted blocked, then linked (see link_dependencies in
+-- _lib.lua) once the whole batch is in. Every dependency must exist, in the store or
+-- earlier in the batch; otherwise the script fails before writing anything.
+-- A key reserved for a window (unique_for) lives in G..'kw:'..key = "<id> <expires_at>".
 -- Job hash fields: id task queue qp tenant priority base_priority state args kwargs
 --   attempt max_attempts errors enqueued_at, and when set: timeout result_ttl key run_at
 --   ready_at age_at started_at finished_at expires_at lease_token lease_expires_at worker
@@ -40,15 +46,66 @@ for qi, q in ipairs(queues) do
     aging[qi] = aging_of(q[2])
 end
 
+local function window_holder(key)
+    local held = redis.call('GET', G .. 'kw:' .. key)
+    if held then
+        local holder, expires = string.match(held, '^(%S+) (%S+)$')
+        if tonumber(expires) > now then
+            return holder
+        end
+    end
+    return nil
+end
+
+-- Dependencies are checked before anything is written (a script cannot roll back): each
+-- must exist in the store or be inserted earlier in this batch, not refused for its key.
+local function check_dependencies()
+    local known, batch_keys = {}, {}
+    for _, job in ipairs(jobs) do
+        if job[14] ~= '' then
+            for _, parent in ipairs(cjson.decode(job[14])) do
+                if not known[parent] and redis.call('EXISTS', jkey(G, parent)) == 0 then
+                    return parent
+                end
+            end
+        end
+        local key = job[11]
+        local refused = key ~= '' and (batch_keys[key] or redis.call('HEXISTS', G .. 'keys', key) == 1
+            or (job[16] ~= '' and window_holder(key)))
+        if not refused then
+            known[job[1]] = true
+        end
+        if key ~= '' then
+            batch_keys[key] = true
+        end
+    end
+    return nil
+end
+
+for _, job in ipairs(jobs) do
+    if job[14] ~= '' then -- only batches with dependencies pay for the check
+        local missing = check_dependencies()
+        if missing then
+            return redis.error_reply('DependencyNotFound ' .. missing)
+        end
+        break
+    end
+end
+
 local ids = {}
+local linked = {}
 for j, job in ipairs(jobs) do
     local id, task, qi, tenant, prio = job[1], job[2], job[3], job[4], job[5]
     local key, delay, run_at = job[11], job[12], job[13]
+    local after, unique_for = job[14], job[16]
     local QP = queues[qi][2]
     local jk = jkey(G, id)
     local holder = nil
     if key ~= '' then
         holder = redis.call('HGET', G .. 'keys', key)
+    end
+    if not holder and key ~= '' and unique_for ~= '' then
+        holder = window_holder(key)
     end
     if holder then
         ids[j] = holder
@@ -60,6 +117,11 @@ for j, job in ipairs(jobs) do
         ids[j] = id
         if key ~= '' then
             redis.call('HSET', G .. 'keys', key, id)
+            if unique_for ~= '' then
+                local ttl = tonumber(unique_for)
+                redis.call('SET', G .. 'kw:' .. key, id .. ' ' .. fmt(now + ttl),
+                    'PX', math.ceil(ttl * 1000) + 60000)
+            end
         end
         local due = now
         if run_at ~= '' then
@@ -83,7 +145,14 @@ for j, job in ipairs(jobs) do
             fields[#fields + 1] = key
         end
         local state
-        if due > now then
+        if after ~= '' then
+            state = 'blocked'
+            linked[#linked + 1] = { id, after, job[15] }
+            if due > now then
+                fields[#fields + 1] = 'run_at'
+                fields[#fields + 1] = fmt(due)
+            end
+        elseif due > now then
             state = 'scheduled'
             local sdue = fmt(due)
             fields[#fields + 1] = 'run_at'
@@ -155,6 +224,9 @@ for lane, entries in pairs(lanes) do
             redis.call('ZADD', QP .. 'p:' .. prio, vt, tenant)
         end
     end
+end
+for _, l in ipairs(linked) do
+    link_dependencies(G, l[1], cjson.decode(l[2]), l[3], now)
 end
 -- Scheduled jobs wake waiters too: they recompute when the next job falls due.
 for _, q in ipairs(queues) do

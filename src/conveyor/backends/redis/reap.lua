@@ -43,6 +43,7 @@ for i = 3, #ARGV do
                     set_expiry(G, QP, id, f[7], now)
                 end
                 release_key(G, id, f[8])
+                settle_dependents(G, id, new, task, now)
             end
         end
     end

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 import sqlite3
 import time
 from collections.abc import Callable
@@ -13,7 +14,7 @@ from conveyor.backends.sqlite import _sql
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: RETURNING (3.35) is used by claim, heartbeat and try_lock.
 MIN_SQLITE = (3, 35, 0)
 BUSY_TIMEOUT_MS = 30_000
@@ -65,6 +66,9 @@ def connect(path: str, synchronous: str) -> sqlite3.Connection:
         # The claim's ORDER BY ... LIMIT 1 sorters are tiny; with the default
         # file-backed temp store each one costs a temp-file round trip (100+ us).
         conn.execute("PRAGMA temp_store = MEMORY")
+        # A dependent cancelled because its dependency failed settles its own dependents
+        # through the same trigger (schema.sql, jobs_settle_dependents).
+        conn.execute("PRAGMA recursive_triggers = ON")
         _create_schema(conn, path)
     except BaseException:
         conn.close()
@@ -91,18 +95,65 @@ def _when_unlocked(step: Callable[[], T]) -> T:
 
 
 def _create_schema(conn: sqlite3.Connection, path: str) -> None:
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version > SCHEMA_VERSION:
-        raise RuntimeError(
-            f"{path!r} was created by a newer Conveyor (schema {version}, this version "
-            f"knows {SCHEMA_VERSION}); upgrade conveyor"
-        )
+    # One BEGIN IMMEDIATE transaction that first reads the version: processes opening
+    # (or upgrading) a file together queue on the write lock, and the later ones find
+    # the work done. Every statement is IF NOT EXISTS, so re-running changes nothing.
+    conn.execute("BEGIN IMMEDIATE")
     try:
-        # executescript() commits any open transaction first, so BEGIN IMMEDIATE has to
-        # be part of the script. Every statement is IF NOT EXISTS: processes opening a
-        # fresh file together queue on the write lock and the later ones change nothing.
-        conn.executescript(f"BEGIN IMMEDIATE;\n{_sql.schema()}\nCOMMIT;")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"{path!r} was created by a newer Conveyor (schema {version}, this version "
+                f"knows {SCHEMA_VERSION}); upgrade conveyor"
+            )
+        schema = _sql.schema()
+        if version == 1:
+            for statement in _upgrade_v1(conn, schema):
+                conn.execute(statement)
+        for statement in _statements(schema):
+            conn.execute(statement)
+        conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+
+
+def _statements(script: str) -> list[str]:
+    """Split a script into statements (trigger bodies included) for execute()."""
+    out: list[str] = []
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            out.append(buffer.strip())
+            buffer = ""
+    if buffer.strip() and not all(
+        ln.strip().startswith("--") or not ln.strip() for ln in buffer.splitlines()
+    ):
+        raise ValueError(f"incomplete SQL statement at the end of the schema: {buffer!r}")
+    return out
+
+
+def _upgrade_v1(conn: sqlite3.Connection, schema: str) -> list[str]:
+    """SQL that turns a version 1 file into version 2, run before the schema script.
+
+    Version 2 allows the state ``blocked`` (a CHECK constraint, which SQLite cannot
+    alter) and adds the dependency columns, so the jobs table is rebuilt: copied into
+    the new definition (taken from schema.sql itself, so the two cannot drift) while no
+    trigger is attached, then the schema script re-creates indexes and triggers. The
+    counter tables stay exact: the copy fires no trigger.
+    """
+    found = re.search(r"CREATE TABLE IF NOT EXISTS jobs \(.*?\n\);", schema, re.DOTALL)
+    if found is None:  # pragma: no cover - schema.sql is part of the package
+        raise RuntimeError("schema.sql has no jobs table")
+    new_table = found.group(0).replace("CREATE TABLE IF NOT EXISTS jobs (", "CREATE TABLE jobs (")
+    columns = ", ".join(row[1] for row in conn.execute("PRAGMA table_info(jobs)"))
+    return [
+        "ALTER TABLE jobs RENAME TO jobs_v1",
+        new_table,
+        f"INSERT INTO jobs ({columns}) SELECT {columns} FROM jobs_v1",
+        # Dropping the old table drops its indexes and triggers, so the schema script
+        # creates the new ones under the same names.
+        "DROP TABLE jobs_v1",
+    ]

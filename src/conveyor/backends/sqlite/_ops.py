@@ -17,7 +17,7 @@ from conveyor.job import Job, JobState
 
 #: Aging moves a job one level per pass; 10 passes cover priorities 9 -> 0.
 _MAX_AGING_PASSES = 10
-_WAITING = frozenset({JobState.SCHEDULED, JobState.QUEUED, JobState.RETRYING})
+_WAITING = frozenset({JobState.SCHEDULED, JobState.QUEUED, JobState.RETRYING, JobState.BLOCKED})
 _REPLAYABLE = frozenset({JobState.DEAD, JobState.CANCELLED})
 WORKER_LOST = "worker lost (lease expired)"
 
@@ -55,6 +55,7 @@ def purge(conn: sqlite3.Connection, now: float, q: Queries, limit: int) -> int:
     deleted: int = conn.execute(q.purge_expired, {"now": now, "limit": limit}).rowcount
     if deleted < limit:
         conn.execute(q.prune_tenants)
+        conn.execute(q.purge_key_windows, {"now": now})
     return deleted
 
 

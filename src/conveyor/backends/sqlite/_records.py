@@ -111,7 +111,7 @@ def build_stats(
     """
     configured = {(q, t): (float(w), m) for q, t, w, m in settings}
     out: dict[tuple[str, str], QueueStats] = {}
-    for queue, tenant, sch, que, run, ret, dead, ok, can, oldest in counts:
+    for queue, tenant, sch, que, run, ret, dead, ok, can, oldest, blocked in counts:
         weight, max_running = configured.get((queue, tenant), (1.0, None))
         out[(queue, tenant)] = QueueStats(
             queue=queue,
@@ -126,6 +126,7 @@ def build_stats(
             oldest_wait=None if oldest is None else max(0.0, now - oldest),
             weight=weight,
             max_running=max_running,
+            blocked=blocked,
         )
     for (queue, tenant), (weight, max_running) in configured.items():
         if (queue, tenant) in out or (weight == 1.0 and max_running is None):

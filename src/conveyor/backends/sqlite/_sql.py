@@ -89,6 +89,23 @@ class Queries:
     reschedule_aging: str
     job_counts: str
     tenant_settings: str
+    # workflow.sql
+    dependency_state: str
+    insert_dependency: str
+    add_dependent: str
+    set_pending: str
+    release_blocked: str
+    cancel_blocked: str
+    key_window_holder: str
+    reserve_key_window: str
+    purge_key_windows: str
+    holds_lease: str
+    rate_tat: str
+    set_rate_tat: str
+    take_reservation: str
+    reserve_rate: str
+    forget_old_reservations: str
+    defer_running: str
 
     @classmethod
     def load(cls) -> Queries:

@@ -113,10 +113,11 @@ SELECT state, key FROM jobs WHERE id = :id;
 
 
 -- name: cancel_waiting
--- scheduled/queued/retrying -> cancelled; the record expires result_ttl after :now.
+-- scheduled/queued/retrying/blocked -> cancelled; the record expires result_ttl after
+-- :now. Jobs waiting for this one are settled by the jobs_settle_dependents trigger.
 UPDATE jobs
 SET state = 'cancelled', finished_at = :now, expires_at = :now + result_ttl
-WHERE id = :id AND state IN ('scheduled', 'queued', 'retrying');
+WHERE id = :id AND state IN ('scheduled', 'queued', 'retrying', 'blocked');
 
 
 -- name: request_cancel
@@ -128,7 +129,7 @@ UPDATE jobs SET cancel_requested = 1 WHERE id = :id AND state = 'running';
 -- Is dedup :key held by an active job other than :id?
 SELECT id FROM jobs INDEXED BY jobs_active_key
 WHERE key = :key AND id <> :id
-  AND state IN ('scheduled', 'queued', 'running', 'retrying');
+  AND state IN ('scheduled', 'queued', 'running', 'retrying', 'blocked');
 
 
 -- name: replay
@@ -178,7 +179,8 @@ SELECT queue, tenant,
        sum(state = 'scheduled'), sum(state = 'queued'), sum(state = 'running'),
        sum(state = 'retrying'), sum(state = 'dead'), sum(state = 'succeeded'),
        sum(state = 'cancelled'),
-       min(CASE WHEN state = 'queued' THEN ready_at END)
+       min(CASE WHEN state = 'queued' THEN ready_at END),
+       sum(state = 'blocked')
 FROM jobs
 GROUP BY queue, tenant;
 

@@ -40,8 +40,9 @@ from conveyor.backends.base import (
     Outcome,
     OutcomeKind,
     QueueStats,
+    RateBucket,
 )
-from conveyor.backends.sqlite import _connection, _ops, _sql
+from conveyor.backends.sqlite import _connection, _ops, _sql, _workflow
 from conveyor.backends.sqlite._records import claimed_from_row
 from conveyor.config import sqlite_path
 from conveyor.job import Job, JobState
@@ -191,29 +192,9 @@ class SQLiteBackend(Backend):
     def _tx_enqueue(
         self, conn: sqlite3.Connection, now: float, jobs: Sequence[NewJob]
     ) -> list[str]:
-        rows = []
-        for job in jobs:
-            due = job.run_at if job.run_at is not None else now + (job.delay or 0.0)
-            waiting = due > now
-            rows.append(
-                (
-                    job.id,
-                    job.task,
-                    job.queue,
-                    job.tenant or "",
-                    job.priority,
-                    "scheduled" if waiting else "queued",
-                    job.args_json,
-                    job.kwargs_json,
-                    job.max_attempts,
-                    job.timeout,
-                    job.result_ttl,
-                    job.key,
-                    due if waiting else None,
-                    now,
-                    None if waiting else now,
-                )
-            )
+        if any(job.after or job.unique_for is not None for job in jobs):
+            return _workflow.enqueue(conn, now, self._q, jobs, _insert_row)
+        rows = [_insert_row(job, now, False) for job in jobs]
         if conn.executemany(self._q.insert_job, rows).rowcount == len(rows):
             return [job.id for job in jobs]
         # Some keys were held by active jobs (maybe by one earlier in this very batch):
@@ -329,6 +310,13 @@ class SQLiteBackend(Backend):
             applied.append(conn.execute(sql, params).rowcount == 1)
         return applied
 
+    async def take_rate(self, lease: Lease, buckets: Sequence[RateBucket]) -> float:
+        if not buckets:
+            return 0.0
+        return await self._write(
+            lambda conn, now: _workflow.take_rate(conn, now, self._q, lease, buckets)
+        )
+
     async def progress(self, lease: Lease, fraction: float | None, message: str | None) -> bool:
         params = {"id": lease.id, "token": lease.token, "fraction": fraction, "message": message}
         return await self._write(
@@ -420,6 +408,10 @@ class SQLiteBackend(Backend):
     async def get(self, job_id: str) -> Job | None:
         return await self._read(lambda conn, now: _ops.get(conn, now, self._q, job_id))
 
+    async def get_many(self, job_ids: Sequence[str]) -> list[Job | None]:
+        ids = list(job_ids)
+        return await self._read(lambda conn, now: [_ops.get(conn, now, self._q, i) for i in ids])
+
     async def query(
         self,
         *,
@@ -478,6 +470,30 @@ class SQLiteBackend(Backend):
 
     async def stats(self) -> list[QueueStats]:
         return await self._read(lambda conn, now: _ops.stats(conn, now, self._q))
+
+
+def _insert_row(job: NewJob, now: float, blocked: bool) -> tuple[object, ...]:
+    """``insert_job``'s parameters; a job with dependencies starts ``blocked``."""
+    due = job.run_at if job.run_at is not None else now + (job.delay or 0.0)
+    waiting = due > now
+    state = "blocked" if blocked else "scheduled" if waiting else "queued"
+    return (
+        job.id,
+        job.task,
+        job.queue,
+        job.tenant or "",
+        job.priority,
+        state,
+        job.args_json,
+        job.kwargs_json,
+        job.max_attempts,
+        job.timeout,
+        job.result_ttl,
+        job.key,
+        due if waiting else None,
+        now,
+        None if waiting or blocked else now,
+    )
 
 
 def _data_version(conn: sqlite3.Connection) -> int:

@@ -1,4 +1,4 @@
--- Conveyor SQLite schema, version 1.
+-- Conveyor SQLite schema, version 2 (version 1 files are upgraded by _connection.py).
 --
 -- Tables
 --   jobs          one row per job (the only table with real data)
@@ -9,6 +9,10 @@
 --                 finds the next lane without scanning a flood of ready jobs
 --   task_running  per task: running jobs across the store (for task concurrency caps)
 --   locks         named leases for singleton loops (reaper, promoter, scheduler)
+--   job_deps      dependency edges (parent must finish before child) of blocked jobs
+--   key_windows   dedup keys reserved for a unique_for= window, whatever the job's state
+--   rate_buckets  rate limits' state: the theoretical arrival time (tat) of each bucket
+--   rate_reservations  slots reserved by jobs deferred until their turn
 --
 -- Parameters: none. SQLiteBackend.open() runs this file inside one BEGIN IMMEDIATE
 -- transaction; every statement is IF NOT EXISTS, so processes that open a fresh file at
@@ -33,7 +37,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     base_priority     INTEGER NOT NULL,      -- as enqueued; restored whenever it is queued anew
     state             TEXT NOT NULL CHECK (state IN (
                           'scheduled', 'queued', 'running', 'succeeded',
-                          'retrying', 'dead', 'cancelled')),
+                          'retrying', 'dead', 'cancelled', 'blocked')),
     args_json         TEXT NOT NULL,
     kwargs_json       TEXT NOT NULL,
     attempt           INTEGER NOT NULL DEFAULT 0,
@@ -55,7 +59,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     progress_message  TEXT,
     result_json       TEXT,
     errors_json       TEXT NOT NULL DEFAULT '[]',  -- JSON array, one record per failure
-    cancel_requested  INTEGER NOT NULL DEFAULT 0
+    cancel_requested  INTEGER NOT NULL DEFAULT 0,
+    after_policy      TEXT,                  -- 'success' or 'always' (jobs with after=)
+    pending           INTEGER NOT NULL DEFAULT 0,  -- unfinished dependencies (blocked)
+    dependents        INTEGER NOT NULL DEFAULT 0   -- > 0: blocked jobs wait for this one
 );
 
 -- Claim: the head of a lane is the first entry for (queue, priority, tenant, task).
@@ -77,7 +84,8 @@ CREATE INDEX IF NOT EXISTS jobs_aging
 -- across processes (INSERT ... ON CONFLICT DO NOTHING, then look the holder up).
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_active_key
     ON jobs (key)
-    WHERE key IS NOT NULL AND state IN ('scheduled', 'queued', 'running', 'retrying');
+    WHERE key IS NOT NULL
+      AND state IN ('scheduled', 'queued', 'running', 'retrying', 'blocked');
 -- Operators: listing by state, newest first.
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, id);
 
@@ -111,6 +119,32 @@ CREATE TABLE IF NOT EXISTS task_running (
     task     TEXT PRIMARY KEY,
     running  INTEGER NOT NULL DEFAULT 0
 );
+
+CREATE TABLE IF NOT EXISTS job_deps (
+    parent  TEXT NOT NULL,
+    child   TEXT NOT NULL,
+    PRIMARY KEY (parent, child)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS key_windows (
+    key         TEXT PRIMARY KEY,
+    id          TEXT NOT NULL,               -- the job that reserved the key
+    expires_at  REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS key_windows_expiry ON key_windows (expires_at);
+
+CREATE TABLE IF NOT EXISTS rate_buckets (
+    name  TEXT PRIMARY KEY,
+    tat   REAL NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS rate_reservations (
+    name    TEXT NOT NULL,
+    job_id  TEXT NOT NULL,
+    start   REAL NOT NULL,
+    PRIMARY KEY (name, job_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS rate_reservations_start ON rate_reservations (start);
 
 CREATE TABLE IF NOT EXISTS locks (
     name        TEXT PRIMARY KEY,
@@ -233,4 +267,44 @@ BEGIN
     WHERE task = OLD.task AND OLD.state = 'running';
 END;
 
-PRAGMA user_version = 1;
+-- ---------------------------------------------------------------------------------------
+-- Dependencies. A job that reaches a final state while blocked jobs wait for it settles
+-- them in the same transaction, whatever path finished it (finish, reap, cancel, or this
+-- very trigger cancelling a dependent in a cascade: the connection turns on
+-- recursive_triggers). The parent's finished_at is the store's now of that transaction.
+--   parent failed (dead/cancelled), child policy 'success' -> child cancelled with a
+--     DependencyFailed error (which settles the child's own dependents in turn)
+--   otherwise -> child's pending count drops; at 0 the child is queued (or scheduled
+--     when its own due time is still ahead)
+-- A job without dependents (dependents = 0) never runs this trigger.
+-- ---------------------------------------------------------------------------------------
+CREATE TRIGGER IF NOT EXISTS jobs_settle_dependents AFTER UPDATE OF state ON jobs
+WHEN OLD.dependents > 0
+     AND NEW.state IN ('succeeded', 'dead', 'cancelled')
+     AND OLD.state NOT IN ('succeeded', 'dead', 'cancelled')
+BEGIN
+    UPDATE jobs
+    SET state = 'cancelled',
+        finished_at = NEW.finished_at,
+        expires_at = NEW.finished_at + result_ttl,
+        errors_json = json_insert(errors_json, '$[#]', json_object(
+            'attempt', attempt, 'type', 'DependencyFailed',
+            'message', 'dependency ' || NEW.id || ' (' || NEW.task || ') ended ' || NEW.state,
+            'traceback', NULL, 'at', NEW.finished_at))
+    WHERE NEW.state <> 'succeeded' AND state = 'blocked' AND after_policy = 'success'
+      AND id IN (SELECT child FROM job_deps WHERE parent = NEW.id);
+    UPDATE jobs SET pending = pending - 1
+    WHERE state = 'blocked' AND id IN (SELECT child FROM job_deps WHERE parent = NEW.id);
+    UPDATE jobs
+    SET state = CASE WHEN run_at > NEW.finished_at THEN 'scheduled' ELSE 'queued' END,
+        ready_at = CASE WHEN run_at > NEW.finished_at THEN NULL ELSE NEW.finished_at END,
+        priority = base_priority,
+        age_at = CASE WHEN (run_at IS NULL OR run_at <= NEW.finished_at) AND base_priority > 0
+                      THEN NEW.finished_at + (SELECT aging FROM queues WHERE name = jobs.queue)
+                 END
+    WHERE state = 'blocked' AND pending <= 0
+      AND id IN (SELECT child FROM job_deps WHERE parent = NEW.id);
+    DELETE FROM job_deps WHERE parent = NEW.id;
+END;
+
+PRAGMA user_version = 2;

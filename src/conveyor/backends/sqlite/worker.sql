@@ -40,7 +40,7 @@ ON CONFLICT DO NOTHING;
 -- name: active_job_by_key
 -- :key -> id of the active job holding the dedup key, if any.
 SELECT id FROM jobs INDEXED BY jobs_active_key
-WHERE key = :key AND state IN ('scheduled', 'queued', 'running', 'retrying');
+WHERE key = :key AND state IN ('scheduled', 'queued', 'running', 'retrying', 'blocked');
 
 
 -- name: promote_due
