@@ -248,6 +248,16 @@ class RedisBackend(Backend):
         lease: float,
         task_caps: Mapping[str, int] | None = None,
     ) -> list[ClaimedJob]:
+        return await self._claim(queues, limit, worker, lease, task_caps)
+
+    async def _claim(
+        self,
+        queues: Sequence[str],
+        limit: int,
+        worker: str,
+        lease: float,
+        task_caps: Mapping[str, int] | None,
+    ) -> list[ClaimedJob]:
         claim_args = await self._claim_args(queues, limit, worker, lease, task_caps)
         reply = await self._s.claim(
             keys=[self.keys.route], args=[self._now_arg(), self.keys.store, *claim_args]
@@ -265,9 +275,7 @@ class RedisBackend(Backend):
         task_caps: Mapping[str, int] | None = None,
     ) -> tuple[list[bool], list[ClaimedJob]]:
         if not outcomes:
-            return [], await self.claim(
-                queues, limit, worker=worker, lease=lease, task_caps=task_caps
-            )
+            return [], await self._claim(queues, limit, worker, lease, task_caps)
         claim_args = await self._claim_args(queues, limit, worker, lease, task_caps)
         args = [self._now_arg(), self.keys.store, _outcomes_json(outcomes), *claim_args]
         applied, reply = await self._s.finish_claim(keys=[self.keys.route], args=args)
