@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any, ParamSpec, TypeVar, overload
 
+from conveyor import notify
 from conveyor.backends import create_backend
 from conveyor.backends.base import Backend, Clock, NewJob, QueueStats
 from conveyor.config import Defaults, parse_url, resolve_url
@@ -47,7 +48,7 @@ class App(WorkflowMixin):
         queue: str = "default",
         priority: int = 5,
         max_attempts: int = 3,
-        result_ttl: float | None = 86400.0,
+        result_ttl: float | None = 7 * 86400.0,
         timeout: float | None = None,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         clock: Clock | None = None,
@@ -81,6 +82,8 @@ class App(WorkflowMixin):
         self._opening: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
             weakref.WeakKeyDictionary()
         )
+        #: Listeners (``app.on``) and webhooks; registers the ``conveyor.webhook`` task.
+        self.notifier = notify.install(self)
         # Close the sync API's connections at exit rather than abandon them mid-flight
         # with the daemon thread (a weak reference: this must not keep the app alive).
         atexit.register(_close_at_exit, weakref.ref(self))
@@ -155,6 +158,11 @@ class App(WorkflowMixin):
             return task
 
         return register(fn) if fn is not None else register
+
+    def on(self, event: str) -> Callable[[notify.Listener], notify.Listener]:
+        """``@app.on("job.succeeded")``: call a function in the worker process when a job
+        of this app succeeds (also ``job.retrying``, ``job.dead``, ``job.cancelled``)."""
+        return self.notifier.on(event)
 
     def tenant_rate_limit(self, tenant: str | None, rate: Any) -> None:
         """At most N job starts per period for ``tenant`` (``None``: the default tenant;

@@ -65,6 +65,6 @@ class Defaults:
     priority: int = 5
     max_attempts: int = 3
     #: Seconds a succeeded or cancelled job's record (and result) is kept.
-    result_ttl: float | None = 86400.0
+    result_ttl: float | None = 7 * 86400.0
     timeout: float | None = None
     max_payload: int = DEFAULT_MAX_PAYLOAD

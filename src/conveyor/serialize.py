@@ -11,6 +11,18 @@ _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(","
 _decoder = json.JSONDecoder()
 
 
+class PayloadTooLarge(ValueError):
+    """Encoded arguments over the app's ``max_payload`` (the HTTP API answers 413)."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(
+            f"payload is {size} bytes, over the limit of {limit} bytes "
+            "(store large data elsewhere and pass a reference)"
+        )
+        self.size = size
+        self.limit = limit
+
+
 def dumps(value: Any, *, what: str = "value") -> str:
     """Encode *value* as compact JSON, or raise ``TypeError`` saying what is wrong."""
     try:
@@ -56,8 +68,5 @@ def encode_arguments(
         return args_json, kwargs_json  # at most 4 bytes of UTF-8 per character: fits
     size = len(args_json.encode()) + len(kwargs_json.encode())
     if size > max_payload:
-        raise ValueError(
-            f"payload is {size} bytes, over the limit of {max_payload} bytes "
-            "(store large data elsewhere and pass a reference)"
-        )
+        raise PayloadTooLarge(size, max_payload)
     return args_json, kwargs_json

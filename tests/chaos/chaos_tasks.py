@@ -63,10 +63,14 @@ def make_app(url: str, history: str | os.PathLike[str]) -> conveyor.App:
         return n
 
     @app.task(name="chaos.steps")
-    async def steps(n: int, count: int, step: float = 0.1) -> int:
+    async def steps(n: int, count: int, step: float = 0.1, later: int | None = None) -> int:
         # ``count`` naps: time spent frozen (SIGSTOP) does not count, so the body is
         # still running when its worker wakes up and learns that its lease is gone.
+        # ``later`` naps for attempts after the first, for scenarios about how the first
+        # one ends that need not wait for the next one.
         job = begin()
+        if later is not None and job.attempt > 1:
+            count = later
         try:
             for _ in range(count):
                 await asyncio.sleep(step)

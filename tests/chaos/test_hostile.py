@@ -63,19 +63,92 @@ def test_a_10_mb_payload_is_refused_at_enqueue(cluster: Cluster) -> None:
     assert cluster.store() == []  # not even the small job of the refused batch
 
 
-def _forge(db: Path, task: str, args_json: str, kwargs_json: str = "{}") -> str:
-    """A job row written straight into the SQLite store (see backends/sqlite/schema.sql)."""
+def _forge(cluster: Cluster, task: str, args_json: str, kwargs_json: str = "{}") -> str:
+    """A whole queued job written straight into the store, behind the API's back, in
+    each engine's own terms (the schema and key layout the backend documents)."""
     job_id = new_job_id()
     now = time.time()
-    with sqlite3.connect(db, timeout=30) as conn:
-        conn.execute(
-            "INSERT INTO jobs (id, task, queue, tenant, priority, base_priority, state,"
-            " args_json, kwargs_json, attempt, max_attempts, enqueued_at, ready_at)"
-            " VALUES (?, ?, 'default', '', 5, 5, 'queued', ?, ?, 0, 3, ?, ?)",
-            (job_id, task, args_json, kwargs_json, now, now),
-        )
-    conn.close()
+    if cluster.engine == "sqlite":  # backends/sqlite/schema.sql
+        db = Path(cluster.url.removeprefix("sqlite:///"))
+        with sqlite3.connect(db, timeout=30) as conn:
+            conn.execute(
+                "INSERT INTO jobs (id, task, queue, tenant, priority, base_priority, state,"
+                " args_json, kwargs_json, attempt, max_attempts, enqueued_at, ready_at)"
+                " VALUES (?, ?, 'default', '', 5, 5, 'queued', ?, ?, 0, 3, ?, ?)",
+                (job_id, task, args_json, kwargs_json, now, now),
+            )
+        conn.close()
+    elif cluster.engine == "postgres":  # backends/postgres/schema.sql
+        import psycopg
+
+        base, schema = _postgres_schema(cluster.url)
+        with psycopg.connect(base, autocommit=True) as pg:
+            pg.execute(
+                f"INSERT INTO {schema}.jobs (id, task, queue, tenant, priority, base_priority,"
+                " state, args_json, kwargs_json, attempt, max_attempts, enqueued_at, ready_at)"
+                " VALUES (%s, %s, 'default', '', 5, 5, 'queued', %s, %s, 0, 3, %s, %s)",
+                (job_id, task, args_json, kwargs_json, now, now),
+            )
+    elif cluster.engine == "redis":
+        _forge_redis(cluster.url, job_id, task, args_json, kwargs_json, now)
+    else:
+        raise AssertionError(cluster.engine)
     return job_id
+
+
+def _forge_redis(
+    url: str, job_id: str, task: str, args_json: str, kwargs_json: str, now: float
+) -> None:
+    """A ready job as ``enqueue.lua`` leaves one (the layout is in ``_lib.lua``): the job
+    hash, its lane of (priority 5, default tenant, task), the level and tenant entries
+    that lead a claim to that lane, the tenant's ready set, the stats counter and the
+    queue's registration, in one MULTI/EXEC."""
+    import redis
+    from conveyor.backends.redis._url import Keys, RedisOptions
+
+    options = RedisOptions.parse(url)
+    keys = Keys(options.prefix)
+    qp = keys.queue("default")
+    stamp = repr(now)
+    client = redis.Redis.from_url(options.client_url, decode_responses=True)
+    try:
+        vtime = client.hget(qp + "tv", "") or "0"
+        with client.pipeline(transaction=True) as tx:
+            tx.hset(keys.store + "qp", "default", qp)
+            tx.sadd(keys.store + "queues", "default")
+            tx.hset(
+                keys.job(job_id),
+                mapping={
+                    "id": job_id,
+                    "task": task,
+                    "queue": "default",
+                    "qp": qp,
+                    "tenant": "",
+                    "priority": 5,
+                    "base_priority": 5,
+                    "state": "queued",
+                    "args": args_json,
+                    "kwargs": kwargs_json,
+                    "attempt": 0,
+                    "max_attempts": 3,
+                    "errors": "[]",
+                    "enqueued_at": stamp,
+                    "ready_at": stamp,
+                },
+            )
+            tx.zadd(f"{qp}l:5:0::{task}", {job_id: 0})  # lane: l:prio:#tenant:tenant:task
+            tx.zadd(qp + "t:5:", {task: 0})  # the (prio, tenant)'s tasks with ready jobs
+            tx.zadd(qp + "p:5", {"": vtime}, nx=True)  # tenants ready at prio 5
+            tx.zadd(qp + "r:", {job_id: stamp})  # the tenant's ready jobs
+            tx.hincrby(qp + "cnt", "queued:", 1)
+            tx.execute()
+    finally:
+        client.close()
+
+
+def _postgres_schema(url: str) -> tuple[str, str]:
+    base, query = url.split("?", 1)
+    return base, dict(parse_qsl(query))["schema"]
 
 
 def _overwrite_payload(cluster: Cluster, job_id: str, args_json: str, kwargs_json: str) -> None:
@@ -91,8 +164,7 @@ def _overwrite_payload(cluster: Cluster, job_id: str, args_json: str, kwargs_jso
     elif cluster.engine == "postgres":
         import psycopg
 
-        base, query = cluster.url.split("?", 1)
-        schema = dict(parse_qsl(query))["schema"]
+        base, schema = _postgres_schema(cluster.url)
         with psycopg.connect(base, autocommit=True) as pg:
             updated = pg.execute(
                 f"UPDATE {schema}.jobs SET args_json = %s, kwargs_json = %s WHERE id = %s",
@@ -188,10 +260,10 @@ def test_hostile_records_are_dead_lettered_with_a_reason_and_nothing_runs(
 def test_forged_records_are_dead_lettered_with_a_reason_and_nothing_runs(
     cluster: Cluster, tmp_path: Path
 ) -> None:
-    """Whole job rows written straight into the store: SQLite (its schema is one table)."""
-    if cluster.engine != "sqlite":
-        pytest.skip(f"whole forged rows are written for SQLite only (not for {cluster.engine})")
-    db = Path(cluster.url.removeprefix("sqlite:///"))
+    """Whole jobs written straight into the store, bypassing enqueue and its checks:
+    rows of the jobs table (SQLite, PostgreSQL), or the job hash and every index entry
+    the claim script reads (Redis). Unknown task names, and pickle or otherwise
+    non-JSON payloads under a registered task's name."""
     cluster.app.stats()  # creates the schema
     pwned = _pwned_module(tmp_path)
     cmd = f"touch {pwned}"
@@ -204,13 +276,19 @@ def test_forged_records_are_dead_lettered_with_a_reason_and_nothing_runs(
     }
     for name, (args_json, kwargs_json) in _bad_payloads(pwned).items():
         forged[name] = ("chaos.touch", args_json, kwargs_json)
-    ids = {name: _forge(db, *row) for name, row in forged.items()}
+    ids = {name: _forge(cluster, *row) for name, row in forged.items()}
     for job_id in ids.values():
         cluster.recorder.record("enqueued", id=job_id)
     good = cluster.enqueue_many("chaos.work", [[i] for i in range(20)])
     ids["valid-touch"] = cluster.enqueue("chaos.touch", str(tmp_path / "legit"))
 
     cluster.drain("-c", "4", "--lease", "2", timeout=60)
+    # The store's counters agree: the forged jobs went through claim and dead-lettering
+    # like any other job, leaving nothing behind in a ready or running index.
+    stats = cluster.app.stats()
+    assert sum(s.dead for s in stats) == len(forged), stats
+    assert sum(s.succeeded for s in stats) == len(good) + 1, stats
+    assert not any(s.queued or s.running or s.scheduled or s.retrying for s in stats), stats
     _assert_dead_lettered(cluster, ids, good, pwned)
 
 

@@ -25,7 +25,7 @@ from tests.contract.conftest import FakeClock
 
 T = TypeVar("T")
 LEASE = 2.0
-ITERATIONS = 3000 if FULL else 1000
+ITERATIONS = 3000 if FULL else 500
 
 
 def _job(i: int) -> NewJob:

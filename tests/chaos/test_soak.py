@@ -4,7 +4,7 @@ taken down together (the SQLite form of "restart the store": no process has the 
 open, then everything comes back). Then it drains and the checker judges the history.
 
 Length: ``CONVEYOR_SOAK_SECONDS`` if set, else 300 s under ``CONVEYOR_CHAOS=full``
-(``make chaos``), else 20 s. ``CONVEYOR_SOAK_SEED`` replays a run. The report is printed
+(``make chaos``), else 10 s. ``CONVEYOR_SOAK_SEED`` replays a run. The report is printed
 and kept under ``artifacts/`` (git-ignored).
 """
 
@@ -25,7 +25,7 @@ from tests.chaos.conftest import FULL
 from tests.chaos.harness import ROOT, Cluster, children, deadline
 from tests.chaos.history import write_report
 
-SECONDS = float(os.environ.get("CONVEYOR_SOAK_SECONDS", 300 if FULL else 20))
+SECONDS = float(os.environ.get("CONVEYOR_SOAK_SECONDS", 300 if FULL else 10))
 SEED = int(os.environ.get("CONVEYOR_SOAK_SEED", time.time_ns() % 1_000_000))
 WORKERS = 3
 WORKER_ARGS = ("-p", "1", "-c", "8", "--lease", "1.5", "--grace", "1")

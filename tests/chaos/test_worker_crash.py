@@ -60,7 +60,7 @@ def test_retries_while_workers_crash_never_exceed_max_attempts_and_lose_nothing(
     args = ("-p", "1", "-c", "6", "--lease", "1.5", "--grace", "1")
     workers = [cluster.start_worker(*args) for _ in range(2)]
     kills = 0
-    with deadline(25 if FULL else 6) as expired:
+    with deadline(25 if FULL else 4) as expired:
         while not expired():
             time.sleep(rng.uniform(0.8, 1.8))
             victim = rng.randrange(len(workers))

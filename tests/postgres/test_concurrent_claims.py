@@ -4,19 +4,65 @@ transactions): caps never overshoot, no job is held twice, fairness still holds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections import Counter
+from collections.abc import AsyncIterator
 
 import psycopg
+import pytest
 
 from conveyor.backends.base import ClaimedJob, Outcome, OutcomeKind
 from conveyor.backends.postgres import PostgresBackend
-from tests.postgres.conftest import OpenPG, new_job
+from tests.postgres.conftest import new_job
 from tests.services import POSTGRES_URL
 
 CLAIMERS = 8
 TASK_CAPS = {"capped": 3, "tiny": 1}
 TENANT_CAP = 2  # max_running of tenant "limited" in queue "default"
+#: How long to keep trying to open all claimers while the server has no connection
+#: slots to spare (other suites running on the same server).
+OPEN_PATIENCE = 90.0
+
+
+Monitor = psycopg.AsyncConnection[tuple[str, str, str]]
+
+
+@pytest.fixture
+async def claimers(pg_url: str) -> AsyncIterator[tuple[list[PostgresBackend], Monitor]]:
+    """CLAIMERS backends on the test's schema, each with its own connections, and one
+    more connection to watch the jobs table.
+
+    All or nothing: if the server refuses a connection ("too many clients" while other
+    suites run), every backend opened so far is closed again before the next try. A
+    test that kept its half and waited for the rest would hold connections that others
+    wait for, and several such tests at once would all time out (seen as a flaky
+    failure when suites shared the server).
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + OPEN_PATIENCE
+    while True:
+        opened: list[PostgresBackend] = []
+        try:
+            for _ in range(CLAIMERS):
+                backend = PostgresBackend(pg_url)
+                await backend.open()
+                opened.append(backend)
+            monitor: Monitor = await psycopg.AsyncConnection.connect(POSTGRES_URL, autocommit=True)
+            break
+        except psycopg.OperationalError:  # includes psycopg_pool.PoolTimeout
+            for backend in opened:
+                await backend.close()
+            if loop.time() > deadline:
+                raise
+            await asyncio.sleep(random.uniform(0.5, 2.0))
+    try:
+        yield opened, monitor
+    finally:
+        await monitor.close()
+        for backend in opened:
+            with contextlib.suppress(Exception):
+                await backend.close()
 
 
 async def _running_counts(
@@ -32,8 +78,11 @@ async def _running_counts(
     return by_task, by_tenant
 
 
-async def test_eight_concurrent_claimers_never_overshoot_caps(open_pg: OpenPG) -> None:
-    first = await open_pg()
+async def test_eight_concurrent_claimers_never_overshoot_caps(
+    claimers: tuple[list[PostgresBackend], Monitor],
+) -> None:
+    backends, monitor = claimers
+    first = backends[0]
     await first.set_tenant("default", "limited", weight=1.0, max_running=TENANT_CAP)
     jobs = []
     for i in range(600):
@@ -42,14 +91,11 @@ async def test_eight_concurrent_claimers_never_overshoot_caps(open_pg: OpenPG) -
         tenant = ("limited", "a", "b", None)[i % 4]
         jobs.append(new_job(task, queue=queue, tenant=tenant))
     await first.enqueue(jobs)
-    claimers = [first] + [await open_pg() for _ in range(CLAIMERS - 1)]
 
     held: dict[str, ClaimedJob] = {}
     done: set[str] = set()
     violations: list[str] = []
     rng = random.Random(7)
-
-    monitor = await psycopg.AsyncConnection.connect(POSTGRES_URL, autocommit=True)
 
     async def check() -> None:
         by_task, by_tenant = await _running_counts(monitor, first.schema)
@@ -92,27 +138,26 @@ async def test_eight_concurrent_claimers_never_overshoot_caps(open_pg: OpenPG) -
             await asyncio.sleep(0)
         await finish(backend, mine)
 
-    try:
-        await asyncio.wait_for(
-            asyncio.gather(*(claimer(b, f"w{i}") for i, b in enumerate(claimers))), 120
-        )
-    finally:
-        await monitor.close()
+    await asyncio.wait_for(
+        asyncio.gather(*(claimer(b, f"w{i}") for i, b in enumerate(backends))), 120
+    )
     assert violations == []
     assert len(done) == len(jobs)
 
 
-async def test_concurrent_claimers_share_fairly(open_pg: OpenPG) -> None:
+async def test_concurrent_claimers_share_fairly(
+    claimers: tuple[list[PostgresBackend], Monitor],
+) -> None:
     """Round-robin between tenants holds when 8 claimers take turns on one queue."""
-    first = await open_pg()
+    backends, _ = claimers
+    first = backends[0]
     await first.enqueue([new_job(tenant="flood") for _ in range(400)])
     await first.enqueue([new_job(tenant="small") for _ in range(20)])
-    claimers = [first] + [await open_pg() for _ in range(CLAIMERS - 1)]
 
     async def claim(backend: PostgresBackend) -> list[ClaimedJob]:
         return await backend.claim(["default"], 5, worker="w", lease=60.0)
 
-    batches = await asyncio.gather(*(claim(b) for b in claimers))
+    batches = await asyncio.gather(*(claim(b) for b in backends))
     counts = Counter(job.tenant for batch in batches for job in batch)
     # 40 claims in all: "small" gets every other one until its 20 jobs are gone.
     assert counts == {"flood": 20, "small": 20}

@@ -384,6 +384,26 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def stats(self) -> list[QueueStats]: ...
 
+    # -- records: small JSON documents kept in the store (API tokens, later webhooks) --
+    # Not jobs: a plain key -> JSON table, so that every server process on every machine
+    # sees the same tokens. ``kind`` names the collection ("token"); ``key`` is unique
+    # within it. Each primitive is one atomic operation.
+    @abc.abstractmethod
+    async def put_record(self, kind: str, key: str, value_json: str) -> None:
+        """Insert or replace the record ``(kind, key)``."""
+
+    @abc.abstractmethod
+    async def get_record(self, kind: str, key: str) -> str | None:
+        """The record's JSON, or None if there is none."""
+
+    @abc.abstractmethod
+    async def list_records(self, kind: str) -> list[tuple[str, str]]:
+        """Every ``(key, value_json)`` of ``kind``, ordered by key."""
+
+    @abc.abstractmethod
+    async def delete_record(self, kind: str, key: str) -> bool:
+        """Delete the record; False if there was none."""
+
 
 def job_error_json(attempt: int, type_: str, message: str, at: float, tb: str | None = None) -> str:
     """Helper for backends that record errors themselves (the reaper)."""

@@ -31,6 +31,7 @@ from conveyor.backends.base import Backend, ClaimedJob, Lease, Outcome, OutcomeK
 from conveyor.context import JobContext
 from conveyor.job import from_timestamp
 from conveyor.scheduler import Scheduler
+from conveyor.worker import presence
 from conveyor.worker.runner import run_attempt
 from conveyor.worker.threads import DaemonThreadPool
 
@@ -48,6 +49,9 @@ _MAINTENANCE_LOCK = "conveyor:maintenance"
 _PURGE_EVERY = 60.0
 _FLUSH_BATCH = 256
 _FLUSH_WINDOW = 0.002  # seconds to gather more outcomes before a flush
+#: Floor of the time a store call may take before the worker gives up on it (see
+#: ``Worker._call``): one lease, but never less than this.
+_MIN_CALL_TIMEOUT = 5.0
 
 StopReason = Literal["cancel", "lost", "release"]
 
@@ -102,6 +106,7 @@ class Worker:
         self.id = name or f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(3)}"
         self.poll_interval = poll_interval
         self.maintenance_interval = maintenance_interval
+        self._call_timeout = max(self.lease, _MIN_CALL_TIMEOUT)
         self._scheduler = Scheduler(app)
         #: In a supervised process: exit (and be replaced) when a sync task overruns its
         #: timeout. In-process (tests, notebooks) the stuck thread is abandoned instead.
@@ -110,6 +115,8 @@ class Worker:
         self.processed = 0
         self._running: dict[str, _Attempt] = {}
         self._pending: list[Outcome] = []
+        #: Jobs whose pending outcome has listeners or webhooks to tell (notify.py).
+        self._announce: dict[str, ClaimedJob] = {}
         self._progress: dict[str, _Attempt] = {}
         self._progress_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -129,6 +136,10 @@ class Worker:
         loop = self._loop
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self._request_stop)
+
+    @property
+    def running_count(self) -> int:
+        return len(self._running)
 
     @property
     def exit_code(self) -> int | None:
@@ -151,6 +162,7 @@ class Worker:
             asyncio.create_task(self._supervised(self._heartbeat_loop, "heartbeat")),
             asyncio.create_task(self._supervised(self._flush_loop, "flush")),
             asyncio.create_task(self._supervised(self._maintenance_loop, "maintenance")),
+            asyncio.create_task(presence.presence_loop(self, self._backend)),
         ]
         try:
             await self._claim_loop(burst)
@@ -163,6 +175,7 @@ class Worker:
                 await self._flush()
             with contextlib.suppress(Exception):
                 await self._backend.unlock(_MAINTENANCE_LOCK, self.id)
+            await presence.leave(self, self._backend)
             for sig in installed:
                 self._loop.remove_signal_handler(sig)
             self._executor.shutdown(wait=False, cancel_futures=True)
@@ -213,10 +226,27 @@ class Worker:
             self._die(exc)
 
     async def _call(self, what: str, make: Callable[[], Awaitable[T]]) -> T | None:
-        """Run a backend call; a transient store error is logged and yields None."""
+        """Run a backend call; a transient store error is logged and yields None.
+
+        So is a call unanswered after one lease (at least ``_MIN_CALL_TIMEOUT``): no
+        answer is of use to the worker that late, and a connection that went silent for
+        good (a middlebox that forgot it; no reset ever comes) would otherwise hold the
+        loop until TCP gives up, or forever. Cancelling the call drops its connection
+        (redis-py disconnects, the pool discards a connection left mid-query); like a
+        reply lost to a reset, a call the store did run is then settled by leases and
+        fencing."""
         assert self._backend is not None
         try:
-            return await make()
+            async with asyncio.timeout(self._call_timeout):
+                return await make()
+        except TimeoutError:
+            log.warning(
+                "worker %s: %s got no answer in %.0f s; will retry",
+                self.id,
+                what,
+                self._call_timeout,
+            )
+            return None
         except self._backend.transient_errors as exc:
             log.warning("worker %s: %s failed (%s); will retry", self.id, what, exc)
             return None
@@ -259,7 +289,7 @@ class Worker:
                     continue
                 errors = 0
                 accepted, claimed = got
-                _log_rejected(batch, accepted)
+                await self._settle(batch, accepted)
                 for job in claimed:
                     self._start(job, asked_at)
             else:
@@ -292,7 +322,12 @@ class Worker:
             asyncio.ensure_future(self._backend.wait_for_work(self.queues, self.poll_interval)),
         ]
         try:
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            # Bounded like a store call: waiting for work may query the store too.
+            await asyncio.wait(
+                waits,
+                timeout=self.poll_interval + self._call_timeout,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
         finally:
             for w in waits:
                 w.cancel()
@@ -360,6 +395,8 @@ class Worker:
             else:
                 outcome = attempt.task.result()
         if outcome is not None:
+            if self.app.notifier.wants(job, outcome):  # announced once the store accepts
+                self._announce[job.id] = job
             self._pending.append(outcome)
             self.processed += 1
             self._flush_now.set()
@@ -451,7 +488,26 @@ class Worker:
                 self._pending[:0] = batch  # keep them; the store is having a moment
                 await self._sleep(0.2)
                 return
-            _log_rejected(batch, accepted)
+            await self._settle(batch, accepted)
+
+    async def _settle(self, batch: Sequence[Outcome], accepted: Sequence[bool]) -> None:
+        """After the store answered for ``batch``: log what fencing rejected, and
+        announce the accepted outcomes that someone listens for."""
+        backend = self._backend
+        assert backend is not None
+        announce = []
+        for outcome, ok in zip(batch, accepted, strict=True):
+            job = self._announce.pop(outcome.id, None)
+            if ok and job is not None:
+                announce.append((job, outcome))
+            if not ok:
+                log.warning(
+                    "job %s: %s rejected: the lease is no longer ours (fencing)",
+                    outcome.id,
+                    outcome.kind.value,
+                )
+        if announce:
+            await self.app.notifier.emit(backend, announce)
 
     async def _flush_loop(self) -> None:
         while True:
@@ -527,16 +583,6 @@ class Worker:
             else:
                 self._scheduler.lost_lock()
             await asyncio.sleep(self.maintenance_interval)
-
-
-def _log_rejected(batch: Sequence[Outcome], accepted: Sequence[bool]) -> None:
-    for outcome, ok in zip(batch, accepted, strict=True):
-        if not ok:
-            log.warning(
-                "job %s: %s rejected: the lease is no longer ours (fencing)",
-                outcome.id,
-                outcome.kind.value,
-            )
 
 
 async def _wait_all_or(

@@ -36,10 +36,11 @@ async def migrate_on(conn: Conn, schema: str) -> list[int]:
         cur = await conn.execute(sql.SQL("SELECT version FROM {}.schema_migrations").format(ident))
         done = {row[0] for row in await cur.fetchall()}
         known = _sql.migrations()
-        if done and max(done) > len(known):
+        newest = max(v for v, _, _ in known)
+        if done and max(done) > newest:
             raise RuntimeError(
                 f"schema {schema!r} was migrated by a newer Conveyor (version {max(done)}, "
-                f"this version knows {len(known)}); upgrade conveyor"
+                f"this version knows up to {newest}); upgrade conveyor"
             )
         pending = [m for m in known if m[0] not in done]
         if pending:

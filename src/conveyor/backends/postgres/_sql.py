@@ -33,8 +33,10 @@ def migrations() -> list[tuple[int, str, str]]:
         found.append((int(match.group(1)), match.group(2), entry.read_text(encoding="utf-8")))
     found.sort()
     versions = [v for v, _, _ in found]
-    if versions != list(range(1, len(found) + 1)):
-        raise RuntimeError(f"migration versions must run 1, 2, 3, ... without gaps: {versions}")
+    # Gaps are allowed (branches developed side by side number their migrations ahead
+    # and fill the gaps when they are merged); a version used twice is a mistake.
+    if len(set(versions)) != len(versions) or (versions and versions[0] != 1):
+        raise RuntimeError(f"migration versions must be unique and start at 1: {versions}")
     return found
 
 
@@ -70,6 +72,8 @@ class Queries:
     next_due: str
     purge_expired: str
     prune_tenants: str
+    fold_totals: str
+    prune_totals: str
     try_lock: str
     unlock: str
     get_job: str

@@ -12,9 +12,11 @@ Design notes (the why):
   priority -> tenant virtual time -> FIFO order and the caps, all inside the database.
   Claimers of different queues run in parallel; claimers of one queue take turns, which
   is what makes fairness and caps exact with many workers.
-* There are no counter tables for enqueue or finish to update: running jobs are few, and
-  the claim counts them from small partial indexes. Enqueue and finish touch only their
-  own job rows, so producers and workers never queue up on a shared hot row.
+* Active jobs are counted from small partial indexes (running jobs for caps, every
+  active state for stats), so enqueue and claim touch only their own job rows. Finished
+  jobs, which may number millions, are counted in ``job_totals`` by the statements that
+  finish, reap, cancel, replay and purge them, each writer on its own shard row, so
+  ``stats()`` stays cheap however many finished jobs are kept.
 * Wake-ups use LISTEN/NOTIFY on channel ``conveyor_<schema>`` (payload: queue name). An
   insert trigger notifies, so an enqueue inside a caller's transaction wakes workers iff
   it commits. Finish, reap, promote, replay and settings notify explicitly.
@@ -30,6 +32,7 @@ import json
 import math
 import random
 from collections.abc import AsyncIterator, Mapping, Sequence
+from importlib.resources import files
 from typing import Any
 
 import psycopg
@@ -450,13 +453,16 @@ class PostgresBackend(Backend):
         # would hold many row locks and write one huge WAL burst. Purging is idempotent.
         total = 0
         while True:
-            deleted = await self._rowcount(
+            rows = await self._rows(
                 self._q.purge_expired, {"now": self._now(), "limit": PURGE_CHUNK}
             )
+            deleted = int(rows[0][0])
             total += deleted
             if deleted < PURGE_CHUNK:
                 break
         await self._rowcount(self._q.prune_tenants, {})
+        await self._rowcount(self._q.fold_totals, {})
+        await self._rowcount(self._q.prune_totals, {})
         await self._rowcount(self._q.purge_key_windows, {"now": self._now()})
         return total
 
@@ -567,10 +573,46 @@ class PostgresBackend(Backend):
             now_row = await cur.fetchone()
             assert now_row is not None
             cur = await conn.execute(self._q.job_counts)
-            counts = await cur.fetchall()
+            counts = _pivot_counts(await cur.fetchall())
             cur = await conn.execute(self._q.tenant_settings)
             settings = await cur.fetchall()
         return build_stats(counts, settings, float(now_row[0]))
+
+    # -- records: small JSON documents (API tokens, ...); statements in records.sql ----
+    async def put_record(self, kind: str, key: str, value_json: str) -> None:
+        params = {"kind": kind, "key": key, "value": value_json, "now": self._now()}
+        await self._rowcount(_RECORDS["put_record"], params)
+
+    async def get_record(self, kind: str, key: str) -> str | None:
+        rows = await self._rows(_RECORDS["get_record"], {"kind": kind, "key": key})
+        return str(rows[0][0]) if rows else None
+
+    async def list_records(self, kind: str) -> list[tuple[str, str]]:
+        rows = await self._rows(_RECORDS["list_records"], {"kind": kind})
+        return [(str(k), str(v)) for k, v in rows]
+
+    async def delete_record(self, kind: str, key: str) -> bool:
+        return await self._rowcount(_RECORDS["delete_record"], {"kind": kind, "key": key}) > 0
+
+
+#: The columns of a ``build_stats`` counts row, after (queue, tenant).
+_COUNT_COLUMNS = ("scheduled", "queued", "running", "retrying", "dead", "succeeded", "cancelled")
+_OLDEST = len(_COUNT_COLUMNS)  # then the oldest ready_at, then the blocked count
+
+
+def _pivot_counts(rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """``job_counts`` rows (queue, tenant, state, count, oldest ready_at) as the
+    one-row-per-(queue, tenant) tuples ``build_stats`` reads."""
+    by_pair: dict[tuple[str, str], list[Any]] = {}
+    for queue, tenant, state, count, oldest in rows:
+        pair = by_pair.setdefault((queue, tenant), [0] * len(_COUNT_COLUMNS) + [None, 0])
+        if state == "blocked":
+            pair[_OLDEST + 1] = int(count)
+        else:
+            pair[_COUNT_COLUMNS.index(state)] = int(count)
+        if oldest is not None:
+            pair[_OLDEST] = oldest
+    return [(queue, tenant, *values) for (queue, tenant), values in by_pair.items()]
 
 
 def _no_workflow_in_transaction(jobs: Sequence[NewJob]) -> None:
@@ -599,3 +641,8 @@ def _key_taken(job_id: str, key: str, holder: str) -> InvalidTransition:
         f"cannot replay job {job_id}: its dedup key {key!r} is held by active job "
         f"{holder}; wait for that job to finish or cancel it first"
     )
+
+
+_RECORDS = _sql.parse_named(
+    files("conveyor.backends.postgres").joinpath("records.sql").read_text(encoding="utf-8")
+)

@@ -10,6 +10,11 @@
 --   %(chan)s  the store's NOTIFY channel, conveyor_<schema>; the payload is
 --             "<queue> <id of the notifying transaction>".
 --
+-- Finished-job totals (job_totals, see schema.sql): finish and reap add the jobs they
+-- move from running to succeeded or dead, purge subtracts the jobs it deletes, each in
+-- the same statement, on rows of their own connection (shard = pg_backend_pid()); the
+-- jobs_count_finished trigger counts every other change into or out of a finished state.
+--
 -- Statements marked "qualified" name their tables as {schema}.table: they also run on a
 -- caller's own connection (transactional enqueue), whose search_path is the caller's.
 -- The others run on the backend's pool, whose search_path is the store's schema.
@@ -76,10 +81,12 @@ FROM s LEFT JOIN LATERAL conveyor_claim(
 -- name: heartbeat
 -- Extends the leases (%(ids)s, %(tokens)s) to now + %(lease)s; ids not returned lost
 -- their lease. Only lease_expires_at changes, which no index covers: a HOT update.
+-- "state IS NOT DISTINCT FROM" (the same as "=", state is NOT NULL) keeps every plan on
+-- the primary key: with "=", a plan may scan all of jobs_running instead.
 UPDATE jobs AS j
 SET lease_expires_at = conveyor_now(%(now)s) + %(lease)s::float8
 FROM unnest(%(ids)s::text[], %(tokens)s::text[]) AS h(id, token)
-WHERE j.id = h.id AND j.lease_token = h.token AND j.state = 'running'
+WHERE j.id = h.id AND j.lease_token = h.token AND j.state IS NOT DISTINCT FROM 'running'
 RETURNING j.id, j.cancel_requested;
 
 
@@ -99,6 +106,8 @@ WHERE id = %(id)s AND lease_token = %(token)s AND state = 'running';
 -- cap that this instance's claims know of) or of a tenant with max_running freed up.
 -- Plain completions notify nobody: a busy worker claims again as soon as a slot frees,
 -- and a NOTIFY per finish costs every listener a wake-up for nothing.
+-- Jobs that end succeeded or dead are counted into job_totals here (cancelled ones by
+-- the jobs_count_finished trigger).
 WITH t AS (SELECT conveyor_now(%(now)s) AS now),
 o AS (
     SELECT * FROM unnest(
@@ -139,8 +148,15 @@ done AS (
         lease_token = NULL,
         lease_expires_at = NULL
     FROM o, t
-    WHERE j.id = o.id AND j.lease_token = o.token AND j.state = 'running'
+    WHERE j.id = o.id AND j.lease_token = o.token AND j.state IS NOT DISTINCT FROM 'running'
     RETURNING j.id, o.token, j.queue, j.tenant, j.task, j.state
+),
+totals AS (
+    INSERT INTO job_totals AS c (queue, tenant, state, shard, n)
+    SELECT d.queue, d.tenant, d.state, pg_backend_pid(), count(*) FROM done AS d
+    WHERE d.state IN ('succeeded', 'dead')
+    GROUP BY d.queue, d.tenant, d.state ORDER BY d.queue, d.tenant, d.state
+    ON CONFLICT (queue, tenant, state, shard) DO UPDATE SET n = c.n + excluded.n
 ),
 woken AS (
     SELECT pg_notify(%(chan)s, w.queue || ' ' || pg_current_xact_id())
@@ -160,6 +176,7 @@ SELECT d.id, d.token FROM done AS d WHERE (SELECT count(*) FROM woken) >= 0;
 -- Expired leases (lease_expires_at <= now): back to queued, dead when no attempt is
 -- left, cancelled when a cancel was requested; records the WorkerLost error. Found
 -- through jobs_running (running jobs are few). Returns how many were reaped.
+-- Dead ones are counted into job_totals here (cancelled ones by the trigger).
 WITH t AS (SELECT conveyor_now(%(now)s) AS now),
 reaped AS (
     UPDATE jobs AS j
@@ -187,7 +204,14 @@ reaped AS (
         FOR UPDATE OF r SKIP LOCKED
     )
     AND j.state = 'running' AND j.lease_expires_at <= t.now
-    RETURNING j.queue
+    RETURNING j.queue, j.tenant, j.state
+),
+totals AS (
+    INSERT INTO job_totals AS c (queue, tenant, state, shard, n)
+    SELECT r.queue, r.tenant, r.state, pg_backend_pid(), count(*) FROM reaped AS r
+    WHERE r.state = 'dead'
+    GROUP BY r.queue, r.tenant, r.state ORDER BY r.queue, r.tenant, r.state
+    ON CONFLICT (queue, tenant, state, shard) DO UPDATE SET n = c.n + excluded.n
 ),
 woken AS (
     SELECT pg_notify(%(chan)s, w.queue || ' ' || pg_current_xact_id())
@@ -214,16 +238,48 @@ WHERE state IN ('scheduled', 'retrying') AND queue = ANY (%(queues)s::text[]);
 
 
 -- name: purge_expired
--- Deletes at most %(limit)s finished jobs whose expires_at has passed.
-DELETE FROM jobs
-WHERE id IN (
-    SELECT e.id FROM jobs AS e
-    WHERE e.expires_at IS NOT NULL AND e.expires_at <= conveyor_now(%(now)s)
-      AND e.state IN ('succeeded', 'cancelled', 'dead')
-    ORDER BY e.expires_at
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
-);
+-- Deletes at most %(limit)s finished jobs whose expires_at has passed (found through
+-- jobs_expiry), takes them off job_totals, and returns how many it deleted.
+WITH gone AS (
+    DELETE FROM jobs
+    WHERE id IN (
+        SELECT e.id FROM jobs AS e
+        WHERE e.expires_at IS NOT NULL AND e.expires_at <= conveyor_now(%(now)s)
+          AND e.state IN ('succeeded', 'cancelled', 'dead')
+        ORDER BY e.expires_at
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    )
+    RETURNING queue, tenant, state
+),
+totals AS (
+    INSERT INTO job_totals AS c (queue, tenant, state, shard, n)
+    SELECT g.queue, g.tenant, g.state, pg_backend_pid(), -count(*) FROM gone AS g
+    GROUP BY g.queue, g.tenant, g.state ORDER BY g.queue, g.tenant, g.state
+    ON CONFLICT (queue, tenant, state, shard) DO UPDATE SET n = c.n + excluded.n
+)
+SELECT count(*)::integer FROM gone;
+
+
+-- name: fold_totals
+-- Folds the per-connection rows of job_totals into shard 0 (which no connection writes)
+-- so the table stays about one row per (queue, tenant, state). Rows a running
+-- transaction holds are skipped: folding never waits, they are folded next time.
+WITH gone AS (
+    DELETE FROM job_totals AS c
+    WHERE c.ctid IN (SELECT z.ctid FROM job_totals AS z WHERE z.shard <> 0
+                     FOR UPDATE SKIP LOCKED)
+    RETURNING c.queue, c.tenant, c.state, c.n
+)
+INSERT INTO job_totals AS c (queue, tenant, state, shard, n)
+SELECT g.queue, g.tenant, g.state, 0, sum(g.n) FROM gone AS g
+GROUP BY g.queue, g.tenant, g.state ORDER BY g.queue, g.tenant, g.state
+ON CONFLICT (queue, tenant, state, shard) DO UPDATE SET n = c.n + excluded.n;
+
+
+-- name: prune_totals
+-- Then drops the folded rows that sum to nothing (all those jobs were purged).
+DELETE FROM job_totals WHERE shard = 0 AND n = 0;
 
 
 -- name: prune_tenants
@@ -362,16 +418,24 @@ WHERE state = 'queued' AND queue = %(queue)s;
 
 
 -- name: job_counts
--- Counts per (queue, tenant) and state, plus the oldest ready_at of queued jobs.
-SELECT queue, tenant,
-       count(*) FILTER (WHERE state = 'scheduled'), count(*) FILTER (WHERE state = 'queued'),
-       count(*) FILTER (WHERE state = 'running'), count(*) FILTER (WHERE state = 'retrying'),
-       count(*) FILTER (WHERE state = 'dead'), count(*) FILTER (WHERE state = 'succeeded'),
-       count(*) FILTER (WHERE state = 'cancelled'),
-       min(ready_at) FILTER (WHERE state = 'queued'),
-       count(*) FILTER (WHERE state = 'blocked')
-FROM jobs
-GROUP BY queue, tenant;
+-- (queue, tenant, state, count, oldest ready_at of the queued ones). Active states are
+-- counted from their partial indexes (each branch's WHERE is an index predicate), so
+-- the cost follows the backlog; finished ones are summed from job_totals, so finished
+-- jobs, however many are kept, cost nothing here.
+SELECT queue, tenant, 'queued', count(*), min(ready_at) FROM jobs
+WHERE state = 'queued' GROUP BY queue, tenant
+UNION ALL
+SELECT queue, tenant, 'running', count(*), NULL FROM jobs
+WHERE state = 'running' GROUP BY queue, tenant
+UNION ALL
+SELECT queue, tenant, state, count(*), NULL FROM jobs
+WHERE state IN ('scheduled', 'retrying') GROUP BY queue, tenant, state
+UNION ALL
+SELECT queue, tenant, 'blocked', count(*), NULL FROM jobs
+WHERE state = 'blocked' GROUP BY queue, tenant
+UNION ALL
+SELECT queue, tenant, state, sum(n)::bigint, NULL FROM job_totals
+GROUP BY queue, tenant, state HAVING sum(n) <> 0;
 
 
 -- name: tenant_settings

@@ -499,3 +499,27 @@ class RedisBackend(Backend):
         for name, prefix in prefixes.items():
             args += (name, prefix)
         return stats_from_reply(await self._s.stats(keys=[self.keys.route], args=args))
+
+    # -- records: small JSON documents (API tokens, ...) --------------------------------
+    # One hash per kind under the store's hash tag; each primitive is one command, so
+    # atomic without a script.
+    def _records_key(self, kind: str) -> str:
+        return f"{self.keys.store}rec:{len(kind)}:{kind}"
+
+    async def put_record(self, kind: str, key: str, value_json: str) -> None:
+        await self._client.hset(self._records_key(kind), key, value_json)
+
+    async def get_record(self, kind: str, key: str) -> str | None:
+        value = await self._client.hget(self._records_key(kind), key)
+        return None if value is None else _text(value)
+
+    async def list_records(self, kind: str) -> list[tuple[str, str]]:
+        found = await self._client.hgetall(self._records_key(kind))
+        return sorted((_text(k), _text(v)) for k, v in found.items())
+
+    async def delete_record(self, kind: str, key: str) -> bool:
+        return bool(await self._client.hdel(self._records_key(kind), key))
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
+from importlib.resources import files
 from secrets import token_hex
 from typing import TypeVar
 
@@ -471,6 +472,35 @@ class SQLiteBackend(Backend):
     async def stats(self) -> list[QueueStats]:
         return await self._read(lambda conn, now: _ops.stats(conn, now, self._q))
 
+    # -- records: small JSON documents (API tokens, ...); statements in records.sql ----
+    async def put_record(self, kind: str, key: str, value_json: str) -> None:
+        def body(conn: sqlite3.Connection, now: float) -> None:
+            params = {"kind": kind, "key": key, "value": value_json, "now": now}
+            conn.execute(_RECORDS["put_record"], params)
+
+        await self._write(body)
+
+    async def get_record(self, kind: str, key: str) -> str | None:
+        def body(conn: sqlite3.Connection, now: float) -> str | None:
+            row = conn.execute(_RECORDS["get_record"], {"kind": kind, "key": key}).fetchone()
+            return None if row is None else str(row[0])
+
+        return await self._read(body)
+
+    async def list_records(self, kind: str) -> list[tuple[str, str]]:
+        def body(conn: sqlite3.Connection, now: float) -> list[tuple[str, str]]:
+            rows = conn.execute(_RECORDS["list_records"], {"kind": kind}).fetchall()
+            return [(str(k), str(v)) for k, v in rows]
+
+        return await self._read(body)
+
+    async def delete_record(self, kind: str, key: str) -> bool:
+        def body(conn: sqlite3.Connection, now: float) -> bool:
+            cur = conn.execute(_RECORDS["delete_record"], {"kind": kind, "key": key})
+            return cur.rowcount > 0
+
+        return await self._write(body)
+
 
 def _insert_row(job: NewJob, now: float, blocked: bool) -> tuple[object, ...]:
     """``insert_job``'s parameters; a job with dependencies starts ``blocked``."""
@@ -499,3 +529,11 @@ def _insert_row(job: NewJob, now: float, blocked: bool) -> tuple[object, ...]:
 def _data_version(conn: sqlite3.Connection) -> int:
     """Changes whenever another connection commits to the file (never for our own)."""
     return int(conn.execute("PRAGMA data_version").fetchone()[0])
+
+
+def _record_queries() -> dict[str, str]:
+    text = files("conveyor.backends.sqlite").joinpath("records.sql").read_text(encoding="utf-8")
+    return _sql.parse_named(text, source="records.sql")
+
+
+_RECORDS = _record_queries()

@@ -307,4 +307,13 @@ BEGIN
     DELETE FROM job_deps WHERE parent = NEW.id;
 END;
 
+-- Small JSON documents that are not jobs (API tokens, ...): see records.sql.
+CREATE TABLE IF NOT EXISTS records (
+    kind       TEXT NOT NULL,
+    key        TEXT NOT NULL,
+    value      TEXT NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (kind, key)
+) WITHOUT ROWID;
+
 PRAGMA user_version = 2;
