@@ -11,17 +11,28 @@ wire format.
 
 from __future__ import annotations
 
+import inspect
 import threading
 from typing import Any
 
 from redis.backoff import NoBackoff
 from redis.client import Redis
+from redis.connection import AbstractConnection
 from redis.exceptions import NoScriptError, ResponseError
 from redis.retry import Retry
 
 from conveyor.backends.redis._safety import check_server_blocking
 from conveyor.backends.redis._scripts import script_source
 from conveyor.backends.redis._url import RedisOptions
+
+# No CLIENT SETINFO on connect: two round trips per new connection, which a producer
+# far from its server feels on its first enqueue. redis-py 8 spells it driver_info=None
+# (and deprecates the older lib_name/lib_version, which redis-py 5 needs).
+_NO_SETINFO: dict[str, Any] = (
+    {"driver_info": None}
+    if "driver_info" in inspect.signature(AbstractConnection.__init__).parameters
+    else {"lib_name": None, "lib_version": None}
+)
 
 
 class BlockingEnqueuer:
@@ -46,16 +57,21 @@ class BlockingEnqueuer:
                     socket_connect_timeout=5.0,
                     socket_keepalive=True,
                     health_check_interval=15,
+                    **_NO_SETINFO,
                 )
                 try:
                     check_server_blocking(
                         client, self._options.where, allow_eviction=self._options.allow_eviction
                     )
+                    script = client.register_script(script_source("enqueue"))
+                    # Loaded now: the first enqueue is one round trip, not three
+                    # (EVALSHA answered NOSCRIPT, SCRIPT LOAD, EVALSHA again).
+                    script.sha = client.script_load(script.script)
                 except BaseException:
                     client.close()
                     raise
                 self._client = client
-                self._script = client.register_script(script_source("enqueue"))
+                self._script = script
             return self._script
 
     def run(self, keys: list[str], args: list[Any]) -> list[str]:

@@ -22,6 +22,8 @@ from conveyor.errors import ConveyorError
 
 log = logging.getLogger("conveyor.redis")
 _warned: set[str] = set()
+#: Servers whose policy was found safe (noeviction) in this process.
+_passed: set[str] = set()
 
 
 class UnsafeServerError(ConveyorError):
@@ -62,11 +64,18 @@ async def check_server(client: Any, where: str, *, allow_eviction: bool) -> None
 
 
 def check_server_blocking(client: Any, where: str, *, allow_eviction: bool) -> None:
-    """``check_server`` over a sync single-server client (the sync enqueue's)."""
+    """``check_server`` over a sync single-server client (the sync enqueue's), in one
+    round trip; skipped for a server that already passed in this process (the async
+    backend of the same app, typically), since a far server makes each trip count."""
+    if where in _passed:
+        return
     try:
         settings: dict[str, str] = {}
+        pipe = client.pipeline(transaction=False)
         for name in ("maxmemory-policy", "appendonly", "save"):
-            settings.update(client.config_get(name))
+            pipe.config_get(name)
+        for reply in pipe.execute():
+            settings.update(reply)
     except ResponseError:
         info = client.info("memory")
         info.update(client.info("persistence"))
@@ -76,6 +85,8 @@ def check_server_blocking(client: Any, where: str, *, allow_eviction: bool) -> N
 
 def _check_one(settings: dict[str, str], where: str, *, allow_eviction: bool) -> None:
     policy = settings.get("maxmemory-policy", "noeviction")
+    if policy == "noeviction":
+        _passed.add(where)
     if policy != "noeviction":
         message = (
             f"Redis at {where} has maxmemory-policy={policy}: under memory pressure it "
