@@ -195,6 +195,20 @@ class QueueStats:
     waiting: int = 0
 
 
+#: The per-state counts of ``QueueStats``, in lifecycle order (for tables and metrics).
+STATS_STATES: tuple[str, ...] = (
+    "blocked",
+    "scheduled",
+    "queued",
+    "running",
+    "waiting",
+    "retrying",
+    "dead",
+    "succeeded",
+    "cancelled",
+)
+
+
 class Backend(abc.ABC):
     """One store. Instances are bound to the event loop that opened them."""
 
