@@ -2,6 +2,7 @@
 
     python benchmarks/throughput.py                    # SQLite in a temp dir, 10,000 jobs
     python benchmarks/throughput.py -n 50000 -c 10 --task bench.anoop --json out.json
+    python benchmarks/throughput.py --url redis://127.0.0.1:6379/0 --enqueue-only
 
 Processing rate is measured from the store's own timestamps (first start -> last finish)
 of one `conveyor worker` process, so process start-up is not counted.
@@ -44,7 +45,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def measure(
-    url: str, n: int, concurrency: int, task: str, single: int, latency: int
+    url: str, n: int, concurrency: int, task: str, single: int, latency: int, enqueue_only: bool
 ) -> dict[str, Any]:
     os.environ["CONVEYOR_URL"] = url
     import bench_tasks
@@ -53,17 +54,30 @@ def measure(
     app = bench_tasks.app
     t = app.tasks[task]
 
-    # 1. enqueue, one call per job
-    started = time.perf_counter()
+    # 1. enqueue, one call per job (rate, and this process's CPU time per call)
+    started, cpu = time.perf_counter(), time.process_time()
     for _ in range(single):
         t.enqueue()
     single_rate = single / (time.perf_counter() - started)
+    single_cpu = (time.process_time() - cpu) / single * 1e6
 
     # 2. enqueue_many, batches of 1,000
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for offset in range(0, n, 1000):
         app.enqueue_many([t.s() for _ in range(min(1000, n - offset))])
     bulk_rate = n / (time.perf_counter() - started)
+    bulk_cpu = (time.process_time() - cpu) / n * 1e6
+    enqueued = {
+        "engine": url.split(":", 1)[0],
+        "enqueue_single_per_s": round(single_rate),
+        "enqueue_single_cpu_us": round(single_cpu, 1),
+        "enqueue_many_per_s": round(bulk_rate),
+        "enqueue_many_cpu_us_per_job": round(bulk_cpu, 1),
+        "conveyor": conveyor.__version__,
+    }
+    if enqueue_only:
+        app.close()
+        return enqueued
 
     # 3. drain everything with one worker process
     total = n + single
@@ -99,16 +113,13 @@ def measure(
         worker.wait(timeout=30)
     app.close()
     return {
-        "engine": url.split(":", 1)[0],
+        **enqueued,
         "jobs": total,
         "concurrency": concurrency,
         "task": task,
-        "enqueue_single_per_s": round(single_rate),
-        "enqueue_many_per_s": round(bulk_rate),
         "processed_per_s": round(process_rate),
         "pickup_p50_ms": round(statistics.median(waits), 2),
         "pickup_p99_ms": round(percentile(waits, 0.99), 2),
-        "conveyor": conveyor.__version__,
     }
 
 
@@ -121,16 +132,28 @@ def main() -> None:
     parser.add_argument("--task", default="bench.noop", choices=["bench.noop", "bench.anoop"])
     parser.add_argument("--latency-samples", type=int, default=200)
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument(
+        "--enqueue-only",
+        action="store_true",
+        help="measure the two enqueue rates, then stop (the jobs stay in the store)",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
         url = args.url or f"sqlite:///{tmp}/bench.db"
         result = measure(
-            url, args.jobs, args.concurrency, args.task, args.single, args.latency_samples
+            url,
+            args.jobs,
+            args.concurrency,
+            args.task,
+            args.single,
+            args.latency_samples,
+            args.enqueue_only,
         )
     result["machine"] = (
         f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}"
     )
+    result["load_average"] = round(os.getloadavg()[0], 2)
     result["command"] = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     width = max(len(k) for k in result)
     for key, value in result.items():

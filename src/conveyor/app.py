@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import math
+import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
@@ -73,6 +74,9 @@ class App(WorkflowMixin, ExternalMixin):
         self._clock = clock
         self._portal = Portal()
         self._tx: Backend | None = None
+        self._blocking: Backend | None = None
+        self._no_blocking = False  # the engine has no blocking enqueue
+        self._blocking_lock = threading.Lock()
         self._backends: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Backend] = (
             weakref.WeakKeyDictionary()
         )
@@ -200,7 +204,10 @@ class App(WorkflowMixin, ExternalMixin):
             await backend.close()
 
     def close(self) -> None:
-        """Close the sync API's connection and stop its background loop (idempotent)."""
+        """Close the sync API's connections and stop its background loop (idempotent)."""
+        blocking, self._blocking = self._blocking, None
+        if blocking is not None:
+            blocking.close_blocking()
         if self._portal.running:
             self._portal.call(self.close_async())
         self._portal.stop()
@@ -241,7 +248,7 @@ class App(WorkflowMixin, ExternalMixin):
         new_jobs = [self._new_job(_as_signature(call)) for call in calls]
         if connection is not None:
             return self._handles(self._tx_backend().enqueue_in_transaction(connection, new_jobs))
-        return self._portal.call(self._insert(new_jobs))
+        return self._insert_blocking(new_jobs)
 
     async def enqueue_many_async(
         self, calls: Iterable[Signature | Mapping[str, Any]], *, connection: Any = None
@@ -259,7 +266,7 @@ class App(WorkflowMixin, ExternalMixin):
             return self._handles(backend.enqueue_in_transaction(sig.options.connection, [new_job]))[
                 0
             ]
-        return self._portal.call(self._insert([new_job]))[0]
+        return self._insert_blocking([new_job])[0]
 
     async def _enqueue_signature_async(self, sig: Signature) -> JobHandle:
         new_job = self._new_job(sig)
@@ -274,6 +281,25 @@ class App(WorkflowMixin, ExternalMixin):
             return []
         backend = await self.backend()
         return self._handles(await backend.enqueue(new_jobs))
+
+    def _insert_blocking(self, new_jobs: list[NewJob]) -> list[JobHandle]:
+        """The sync API's insert: in this thread where the engine can, else via the portal."""
+        if not new_jobs:
+            return []
+        backend = self._blocking or (None if self._no_blocking else self._blocking_backend())
+        if backend is None:
+            return self._portal.call(self._insert(new_jobs))
+        return self._handles(backend.enqueue_blocking(new_jobs))
+
+    def _blocking_backend(self) -> Backend | None:
+        with self._blocking_lock:
+            if self._blocking is None:
+                backend = create_backend(self.url, clock=self._clock)
+                if not backend.capabilities.blocking_enqueue:
+                    self._no_blocking = True
+                    return None
+                self._blocking = backend
+            return self._blocking
 
     def _handles(self, ids: Iterable[str]) -> list[JobHandle]:
         return [JobHandle(self, job_id) for job_id in ids]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import threading
 import time
 from dataclasses import dataclass, field
@@ -151,6 +152,10 @@ def to_timestamp(value: datetime) -> float:
     return value.timestamp()
 
 
+# Our own generator: user code seeding the global one must not make ids repeat. A
+# forked child reseeds, or it would draw the same bits as its parent.
+_random = random.Random(os.urandom(32))
+os.register_at_fork(after_in_child=lambda: _random.seed(os.urandom(32)))
 _uuid_lock = threading.Lock()
 _uuid_last_ms = 0
 _uuid_seq = 0
@@ -175,7 +180,9 @@ def new_job_id(now: float | None = None) -> str:
             _uuid_seq = 0
         _uuid_last_ms = ms
         seq = _uuid_seq
-    rand_b = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
+    # Uniqueness, not secrecy, is what the random bits are for: a PRNG seeded from the
+    # OS spares a syscall per id.
+    rand_b = _random.getrandbits(62)
     value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | seq << 64 | 0b10 << 62 | rand_b
     h = f"{value:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

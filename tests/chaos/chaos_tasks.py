@@ -149,9 +149,7 @@ def record_backend(backend: Backend, rec: Recorder) -> Backend:
                 )
         return reply
 
-    async def recorded_finish(outcomes: Sequence[Outcome]) -> list[bool]:
-        sent = time.time()
-        accepted = await finish(outcomes)
+    def record_finished(outcomes: Sequence[Outcome], accepted: Sequence[bool], sent: float) -> None:
         for outcome, ok in zip(outcomes, accepted, strict=True):
             rec.record(
                 "finish",
@@ -161,12 +159,48 @@ def record_backend(backend: Backend, rec: Recorder) -> Backend:
                 accepted=ok,
                 sent=sent,
             )
+
+    async def recorded_finish(outcomes: Sequence[Outcome]) -> list[bool]:
+        sent = time.time()
+        accepted = await finish(outcomes)
+        record_finished(outcomes, accepted, sent)
         return accepted
 
     # Instance attributes shadow the class's methods for this one instance only.
     backend.claim = recorded_claim  # type: ignore[method-assign]
     backend.heartbeat = recorded_heartbeat  # type: ignore[method-assign]
     backend.finish = recorded_finish  # type: ignore[method-assign]
+    if type(backend).finish_and_claim is not Backend.finish_and_claim:
+        # The engine does both in one call (Redis), past the wrappers above: record it
+        # too. (The default calls self.finish and self.claim, which record already.)
+        both = backend.finish_and_claim
+
+        async def recorded_finish_and_claim(
+            outcomes: Sequence[Outcome],
+            queues: Sequence[str],
+            limit: int,
+            *,
+            worker: str,
+            lease: float,
+            task_caps: Mapping[str, int] | None = None,
+        ) -> tuple[list[bool], list[ClaimedJob]]:
+            sent = time.time()
+            accepted, jobs = await both(
+                outcomes, queues, limit, worker=worker, lease=lease, task_caps=task_caps
+            )
+            record_finished(outcomes, accepted, sent)
+            for j in jobs:
+                rec.record(
+                    "claim",
+                    id=j.id,
+                    attempt=j.attempt,
+                    token=j.lease_token,
+                    expires=j.lease_expires_at,
+                    lease=lease,
+                )
+            return accepted, jobs
+
+        backend.finish_and_claim = recorded_finish_and_claim  # type: ignore[method-assign]
     return backend
 
 

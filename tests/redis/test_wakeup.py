@@ -9,7 +9,7 @@ import time
 import redis.asyncio as aioredis
 
 from conveyor.backends import create_backend
-from conveyor.backends.base import NewJob
+from conveyor.backends.base import NewJob, Outcome, OutcomeKind
 from conveyor.job import new_job_id
 from tests.redis.conftest import StartRedis
 
@@ -72,3 +72,31 @@ async def test_an_idle_wait_does_not_poll(private_redis: StartRedis) -> None:
     finally:
         await probe.aclose()
         await backend.close()
+
+
+async def test_a_freed_task_cap_wakes_a_waiting_worker(store_url: str) -> None:
+    """finish_and_claim wakes waiters only when a freed slot may unblock a capped job."""
+    waiter = create_backend(store_url)
+    finisher = create_backend(store_url)
+    await waiter.open()
+    await finisher.open()
+    caps = {"t": 1}
+    try:
+        await finisher.enqueue([job(), job()])
+        (running,) = await finisher.claim(["default"], 10, worker="a", lease=30.0, task_caps=caps)
+        assert await waiter.claim(["default"], 10, worker="b", lease=30.0, task_caps=caps) == []
+        waiting = asyncio.create_task(waiter.wait_for_work(["default"], 60.0))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        done = Outcome(running.id, running.lease_token, OutcomeKind.SUCCEEDED)
+        # The finisher takes no new job (limit 0): the freed slot is the waiter's to use.
+        applied, claimed = await finisher.finish_and_claim(
+            [done], ["default"], 0, worker="a", lease=30.0, task_caps=caps
+        )
+        assert applied == [True] and claimed == []
+        await asyncio.wait_for(waiting, 10.0)  # woken, long before its 60 s wait ends
+        claimed = await waiter.claim(["default"], 10, worker="b", lease=30.0, task_caps=caps)
+        assert len(claimed) == 1
+    finally:
+        await waiter.close()
+        await finisher.close()

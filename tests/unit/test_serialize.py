@@ -39,3 +39,9 @@ def test_deeply_nested_is_refused_not_crashing() -> None:
         cur = nxt
     with pytest.raises(TypeError, match="not JSON-serializable"):
         encode_arguments(deep, {})
+
+
+def test_payload_limit_counts_utf8_bytes_not_characters() -> None:
+    encode_arguments(["é" * 490], {}, max_payload=1000)  # 980 bytes of text + quotes
+    with pytest.raises(ValueError, match="over the limit of 1000 bytes"):
+        encode_arguments(["é" * 600], {}, max_payload=1000)  # 600 characters, 1200 bytes

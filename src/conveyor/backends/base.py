@@ -52,6 +52,9 @@ class Capabilities:
     #: ``OutcomeKind.PARKED``, ``complete_external`` and ``expire_waiting`` (jobs
     #: completed by an outside service, ``conveyor.Await``).
     external_completion: bool = False
+    #: ``enqueue_blocking`` stores jobs from the calling thread, without an event loop:
+    #: the sync API then skips its hop through the background loop.
+    blocking_enqueue: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +198,20 @@ class QueueStats:
     waiting: int = 0
 
 
+#: The per-state counts of ``QueueStats``, in lifecycle order (for tables and metrics).
+STATS_STATES: tuple[str, ...] = (
+    "blocked",
+    "scheduled",
+    "queued",
+    "running",
+    "waiting",
+    "retrying",
+    "dead",
+    "succeeded",
+    "cancelled",
+)
+
+
 class Backend(abc.ABC):
     """One store. Instances are bound to the event loop that opened them."""
 
@@ -252,6 +269,17 @@ class Backend(abc.ABC):
         """``enqueue_in_transaction`` on the caller's async connection."""
         raise NotImplementedError(f"{type(self).__name__} has no transactional enqueue")
 
+    def enqueue_blocking(self, jobs: Sequence[NewJob]) -> list[str]:
+        """``enqueue`` for sync callers, run in the calling thread; safe from many threads.
+
+        Connects on first use (with the same server checks as ``open()``), independently
+        of ``open()``. Only engines with ``capabilities.blocking_enqueue``.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no blocking enqueue")
+
+    def close_blocking(self) -> None:  # noqa: B027 (optional: most engines open nothing)
+        """Close what ``enqueue_blocking`` opened (idempotent)."""
+
     # -- workers -----------------------------------------------------------------------
     @abc.abstractmethod
     async def claim(
@@ -269,6 +297,25 @@ class Backend(abc.ABC):
         jobs before the second is looked at. ``task_caps`` maps task name to its
         ``concurrency`` (running jobs of that task in the whole store).
         """
+
+    async def finish_and_claim(
+        self,
+        outcomes: Sequence[Outcome],
+        queues: Sequence[str],
+        limit: int,
+        *,
+        worker: str,
+        lease: float,
+        task_caps: Mapping[str, int] | None = None,
+    ) -> tuple[list[bool], list[ClaimedJob]]:
+        """``finish(outcomes)``, then ``claim(...)``: the worker's steady state.
+
+        An engine may do both in one atomic operation and one round trip; the outcomes
+        are applied first either way, so the slots and caps they free count for the claim.
+        """
+        applied = await self.finish(outcomes) if outcomes else []
+        claimed = await self.claim(queues, limit, worker=worker, lease=lease, task_caps=task_caps)
+        return applied, claimed
 
     @abc.abstractmethod
     async def heartbeat(self, leases: Sequence[Lease], *, lease: float) -> HeartbeatReply:

@@ -13,6 +13,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from conveyor.backends.base import STATS_STATES
 from conveyor.cli._base import (
     STATES,
     CliError,
@@ -283,17 +284,7 @@ def stats(cfg: CliState, as_json: bool) -> None:
     table = Table(title="conveyor stats", title_justify="left")
     for name in ("queue", "tenant"):
         table.add_column(name)
-    counts = (
-        "blocked",
-        "scheduled",
-        "queued",
-        "running",
-        "waiting",
-        "retrying",
-        "dead",
-        "succeeded",
-        "cancelled",
-    )
+    counts = STATS_STATES
     for name in counts:
         table.add_column(name, justify="right")
     table.add_column("oldest wait", justify="right")

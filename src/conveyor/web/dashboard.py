@@ -22,6 +22,7 @@ from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import escape
 
+from conveyor.backends.base import STATS_STATES
 from conveyor.errors import JobNotFound
 from conveyor.job import Job, JobState
 from conveyor.web import session as sessions
@@ -251,21 +252,7 @@ async def queues(request: Request, ctx: Ctx, see: See) -> Response:
     for r in await queue_stats(ctx, see.who):
         q = per_queue.setdefault(
             r.queue,
-            {"queue": r.queue, "tenants": 0, "oldest_wait": None}
-            | dict.fromkeys(
-                (
-                    "blocked",
-                    "scheduled",
-                    "queued",
-                    "running",
-                    "waiting",
-                    "retrying",
-                    "dead",
-                    "succeeded",
-                    "cancelled",
-                ),
-                0,
-            ),
+            {"queue": r.queue, "tenants": 0, "oldest_wait": None} | dict.fromkeys(STATS_STATES, 0),
         )
         q["tenants"] += 1
         for name in _COUNTED:

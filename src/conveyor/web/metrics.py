@@ -15,24 +15,13 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from conveyor.backends.base import QueueStats
+from conveyor.backends.base import STATS_STATES, QueueStats
 from conveyor.job import Job, JobState
 from conveyor.web.context import WebContext
 from conveyor.worker import presence
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
-_STATES = (
-    "scheduled",
-    "queued",
-    "running",
-    "retrying",
-    "dead",
-    "succeeded",
-    "cancelled",
-    "blocked",
-    "waiting",
-)
 #: Running jobs read per scrape to count workers (one row per running job).
 _RUNNING_SCAN = 10_000
 
@@ -85,7 +74,7 @@ class StoreCollector(Collector):
             running_in[s.queue] = running_in.get(s.queue, 0) + s.running
         for s in rows:
             labels = [s.queue, _tenant(s.tenant)]
-            for state in _STATES:
+            for state in STATS_STATES:
                 jobs.add_metric([*labels, state], getattr(s, state))
             wait.add_metric(labels, s.oldest_wait or 0.0)
             weight.add_metric(labels, s.weight)

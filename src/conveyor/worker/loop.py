@@ -264,30 +264,42 @@ class Worker:
         caps = self.app.task_caps()
         errors = 0
         while not self._stopping:
-            await self._flush()
+            await self._flush_progress()  # a job's progress goes before its outcome
             free = self.concurrency - len(self._running)
             claimed: list[ClaimedJob] = []
             if free > 0:
+                # The outcomes of the jobs that freed these slots travel with the claim:
+                # one round trip (one atomic call where the engine can) per refill.
+                batch, self._pending = self._pending[:_FLUSH_BATCH], self._pending[_FLUSH_BATCH:]
                 asked_at = time.monotonic()  # the store's lease starts no earlier
-                got = await self._call(
-                    "claim",
-                    functools.partial(
-                        backend.claim,
-                        self.queues,
-                        free,
-                        worker=self.id,
-                        lease=self.lease,
-                        task_caps=caps,
-                    ),
-                )
+                try:
+                    got = await self._call(
+                        "claim",
+                        functools.partial(
+                            backend.finish_and_claim,
+                            batch,
+                            self.queues,
+                            free,
+                            worker=self.id,
+                            lease=self.lease,
+                            task_caps=caps,
+                        ),
+                    )
+                except asyncio.CancelledError:
+                    self._pending[:0] = batch  # the final flush sends them (fenced)
+                    raise
                 if got is None:
+                    self._pending[:0] = batch  # keep them; the store is having a moment
                     errors += 1
                     await self._sleep(min(0.05 * 2**errors, 5.0))
                     continue
                 errors = 0
-                claimed = got
+                accepted, claimed = got
+                await self._settle(batch, accepted)
                 for job in claimed:
                     self._start(job, asked_at)
+            else:
+                await self._flush()
             if len(claimed) < free:
                 if burst and not self._running and not self._pending and await self._idle():
                     return
@@ -307,11 +319,14 @@ class Worker:
         if self._wake.is_set():
             self._wake.clear()
             return
-        waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._wake.wait())]
-        if work:
-            waits.append(
-                asyncio.ensure_future(self._backend.wait_for_work(self.queues, self.poll_interval))
-            )
+        if not work:  # the common case under load: no helper tasks to start and cancel
+            await self._wake.wait()
+            self._wake.clear()
+            return
+        waits: list[asyncio.Future[Any]] = [
+            asyncio.ensure_future(self._wake.wait()),
+            asyncio.ensure_future(self._backend.wait_for_work(self.queues, self.poll_interval)),
+        ]
         try:
             # Bounded like a store call: waiting for work may query the store too.
             await asyncio.wait(
@@ -449,7 +464,9 @@ class Worker:
         if loop is not None:
             loop.call_soon_threadsafe(self._flush_now.set)
 
-    async def _flush(self) -> None:
+    async def _flush_progress(self) -> None:
+        if not self._progress:
+            return
         backend = self._backend
         assert backend is not None
         with self._progress_lock:
@@ -460,6 +477,11 @@ class Worker:
                 continue
             lease = Lease(attempt.job.id, attempt.job.lease_token)
             await self._call("progress", functools.partial(backend.progress, lease, *value))
+
+    async def _flush(self) -> None:
+        backend = self._backend
+        assert backend is not None
+        await self._flush_progress()
         while self._pending:
             batch, self._pending = self._pending[:_FLUSH_BATCH], self._pending[_FLUSH_BATCH:]
             try:
@@ -473,21 +495,28 @@ class Worker:
                 self._pending[:0] = batch  # keep them; the store is having a moment
                 await self._sleep(0.2)
                 return
-            announce = []
-            for outcome, ok in zip(batch, accepted, strict=True):
-                job = self._announce.pop(outcome.id, None)
-                if ok and job is not None:
-                    announce.append((job, outcome))
-                if not ok and outcome.kind is OutcomeKind.PARKED:
-                    log.info("job %s: completed from outside before it was parked", outcome.id)
-                elif not ok:
-                    log.warning(
-                        "job %s: %s rejected: the lease is no longer ours (fencing)",
-                        outcome.id,
-                        outcome.kind.value,
-                    )
-            if announce:
-                await self.app.notifier.emit(backend, announce)
+            await self._settle(batch, accepted)
+
+    async def _settle(self, batch: Sequence[Outcome], accepted: Sequence[bool]) -> None:
+        """After the store answered for ``batch``: log what fencing rejected, and
+        announce the accepted outcomes that someone listens for."""
+        backend = self._backend
+        assert backend is not None
+        announce = []
+        for outcome, ok in zip(batch, accepted, strict=True):
+            job = self._announce.pop(outcome.id, None)
+            if ok and job is not None:
+                announce.append((job, outcome))
+            if not ok and outcome.kind is OutcomeKind.PARKED:
+                log.info("job %s: completed from outside before it was parked", outcome.id)
+            elif not ok:
+                log.warning(
+                    "job %s: %s rejected: the lease is no longer ours (fencing)",
+                    outcome.id,
+                    outcome.kind.value,
+                )
+        if announce:
+            await self.app.notifier.emit(backend, announce)
 
     async def _flush_loop(self) -> None:
         while True:

@@ -96,8 +96,8 @@ async def run_attempt(
     if task is None or ctx is None:
         return dead(job, "UnknownTask", f"unknown task {job.task!r}")
     try:
-        args = loads(job.args_json)
-        kwargs = loads(job.kwargs_json)
+        args = _decode(job.args_json)
+        kwargs = _decode(job.kwargs_json)
     except (ValueError, RecursionError) as exc:
         # RecursionError: nesting too deep to decode. Only a record written around the
         # API can hold it; it must be dead-lettered, not crash (and so loop) the worker.
@@ -122,20 +122,17 @@ async def run_attempt(
 
     token = _current.set(ctx)
     # One timeout scope for both kinds (not asyncio.wait_for, which on Python 3.11 can
-    # swallow the worker's own cancellation of the attempt).
-    scope = asyncio.timeout(job.timeout)
+    # swallow the worker's own cancellation of the attempt); none without a timeout.
+    scope = None if job.timeout is None else asyncio.timeout(job.timeout)
     try:
         try:
-            async with scope:
-                if task.is_async:
-                    result = await task.fn(*args, **kwargs)
-                else:
-                    call = functools.partial(
-                        contextvars.copy_context().run, task.fn, *args, **kwargs
-                    )
-                    result = await asyncio.get_running_loop().run_in_executor(executor, call)
+            if scope is None:
+                result = await _call(task, args, kwargs, executor)
+            else:
+                async with scope:
+                    result = await _call(task, args, kwargs, executor)
         except TimeoutError:
-            if not scope.expired():  # the task raised TimeoutError itself
+            if scope is None or not scope.expired():  # the task raised TimeoutError itself
                 raise
             if not task.is_async:
                 on_stuck()  # its thread runs on; the worker decides what to do
@@ -158,10 +155,28 @@ async def run_attempt(
         _current.reset(token)
 
     try:
-        result_json = dumps(result, what="result")
+        result_json = "null" if result is None else dumps(result, what="result")
     except TypeError as exc:
         return failed(job, task, "TypeError", str(exc))
     return Outcome(job.id, job.lease_token, OutcomeKind.SUCCEEDED, result_json=result_json)
+
+
+def _decode(text: str) -> Any:
+    # Most jobs have no args or no kwargs: spare the decoder the two commonest texts.
+    if text == "[]":
+        return []
+    if text == "{}":
+        return {}
+    return loads(text)
+
+
+async def _call(
+    task: Task[Any, Any], args: list[Any], kwargs: dict[str, Any], executor: Executor
+) -> Any:
+    if task.is_async:
+        return await task.fn(*args, **kwargs)
+    call = functools.partial(contextvars.copy_context().run, task.fn, *args, **kwargs)
+    return await asyncio.get_running_loop().run_in_executor(executor, call)
 
 
 def _sandbox_outcome(job: ClaimedJob, task: Task[Any, Any], end: SandboxEnd) -> Outcome:

@@ -22,6 +22,8 @@ from conveyor.errors import ConveyorError
 
 log = logging.getLogger("conveyor.redis")
 _warned: set[str] = set()
+#: Servers whose policy was found safe (noeviction) in this process.
+_passed: set[str] = set()
 
 
 class UnsafeServerError(ConveyorError):
@@ -39,12 +41,16 @@ async def server_settings(client: Any, **route: Any) -> dict[str, str]:
     except ResponseError:
         info = await client.info("memory", **route)
         info.update(await client.info("persistence", **route))
-        return {
-            "maxmemory-policy": str(info.get("maxmemory_policy", "noeviction")),
-            "appendonly": "yes" if int(info.get("aof_enabled", 0)) else "no",
-            # INFO does not show the save schedule; assume snapshots are configured.
-            "save": "unknown",
-        }
+        return _from_info(info)
+
+
+def _from_info(info: dict[str, Any]) -> dict[str, str]:
+    return {
+        "maxmemory-policy": str(info.get("maxmemory_policy", "noeviction")),
+        "appendonly": "yes" if int(info.get("aof_enabled", 0)) else "no",
+        # INFO does not show the save schedule; assume snapshots are configured.
+        "save": "unknown",
+    }
 
 
 async def check_server(client: Any, where: str, *, allow_eviction: bool) -> None:
@@ -57,8 +63,30 @@ async def check_server(client: Any, where: str, *, allow_eviction: bool) -> None
         _check_one(settings, f"cluster node {node.name}", allow_eviction=allow_eviction)
 
 
+def check_server_blocking(client: Any, where: str, *, allow_eviction: bool) -> None:
+    """``check_server`` over a sync single-server client (the sync enqueue's), in one
+    round trip; skipped for a server that already passed in this process (the async
+    backend of the same app, typically), since a far server makes each trip count."""
+    if where in _passed:
+        return
+    try:
+        settings: dict[str, str] = {}
+        pipe = client.pipeline(transaction=False)
+        for name in ("maxmemory-policy", "appendonly", "save"):
+            pipe.config_get(name)
+        for reply in pipe.execute():
+            settings.update(reply)
+    except ResponseError:
+        info = client.info("memory")
+        info.update(client.info("persistence"))
+        settings = _from_info(info)
+    _check_one(settings, where, allow_eviction=allow_eviction)
+
+
 def _check_one(settings: dict[str, str], where: str, *, allow_eviction: bool) -> None:
     policy = settings.get("maxmemory-policy", "noeviction")
+    if policy == "noeviction":
+        _passed.add(where)
     if policy != "noeviction":
         message = (
             f"Redis at {where} has maxmemory-policy={policy}: under memory pressure it "

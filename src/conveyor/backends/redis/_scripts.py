@@ -1,6 +1,7 @@
 """The Lua scripts, one per primitive, loaded as package resources.
 
-Each ``<name>.lua`` file is prefixed with ``_lib.lua`` (shared helpers) and registered
+Each ``<name>.lua`` file is prefixed with ``_lib.lua`` (shared helpers) and, where it
+needs them, shared bodies (``_finish.lua``, ``_claim.lua``), and registered
 with redis-py, which runs it by ``EVALSHA`` and loads it again (``SCRIPT LOAD``) after a
 ``NOSCRIPT`` reply, e.g. after the server restarted or was flushed. On a Redis Cluster
 the script goes to the node owning the slot of its first key (always a key of the
@@ -22,12 +23,27 @@ def _source(name: str) -> str:
     return resources.files(_PACKAGE).joinpath(f"{name}.lua").read_text(encoding="utf-8")
 
 
+#: Scripts built on shared bodies beyond ``_lib.lua`` (which every script gets).
+_INCLUDES = {
+    "finish": ("_finish",),
+    "claim": ("_claim",),
+    "finish_claim": ("_finish", "_claim"),
+}
+
+
+def script_source(name: str) -> str:
+    """A script as sent to Redis: the shared helpers, its includes, then ``<name>.lua``."""
+    parts = [_source(part) for part in ("_lib", *_INCLUDES.get(name, ()))]
+    return "\n".join([*parts, f"-- {name}.lua", _source(name)])
+
+
 @dataclass(frozen=True, slots=True)
 class Scripts:
     enqueue: AsyncScript
     claim: AsyncScript
     heartbeat: AsyncScript
     finish: AsyncScript
+    finish_claim: AsyncScript
     progress: AsyncScript
     reap: AsyncScript
     promote: AsyncScript
@@ -48,10 +64,4 @@ class Scripts:
 
     @classmethod
     def register(cls, client: Any) -> Scripts:
-        lib = _source("_lib")
-        return cls(
-            **{
-                f.name: client.register_script(f"{lib}\n-- {f.name}.lua\n{_source(f.name)}")
-                for f in fields(cls)
-            }
-        )
+        return cls(**{f.name: client.register_script(script_source(f.name)) for f in fields(cls)})

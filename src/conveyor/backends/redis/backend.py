@@ -21,6 +21,7 @@ Design notes (the why):
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import math
 import time
@@ -46,6 +47,7 @@ from conveyor.backends.base import (
     RateBucket,
     RetryDelay,
 )
+from conveyor.backends.redis._blocking import BlockingEnqueuer
 from conveyor.backends.redis._client import make_client, store_time
 from conveyor.backends.redis._records import (
     STATES,
@@ -76,6 +78,31 @@ def _num(value: float | None) -> str:
 _EXTERNAL_KINDS = (OutcomeKind.SUCCEEDED, OutcomeKind.RETRY, OutcomeKind.DEAD)
 
 
+def _enqueue_error(exc: rexc.ResponseError) -> Exception:
+    """enqueue.lua's refusal of a job whose dependency does not exist, as the core's
+    error; any other error reply unchanged."""
+    missing = str(exc).partition("DependencyNotFound ")[2]
+    return DependencyNotFound(missing.strip()) if missing else exc
+
+
+def _outcomes_json(outcomes: Sequence[Outcome]) -> str:
+    """finish.lua's outcomes argument: one JSON list of 6 fields per outcome."""
+    return json.dumps(
+        [
+            (
+                out.id,
+                out.lease_token,
+                out.kind.value,
+                out.result_json if out.result_json is not None else "",
+                out.error_json or "",
+                _num(out.retry_delay or 0.0),
+            )
+            for out in outcomes
+        ],
+        ensure_ascii=False,
+    )
+
+
 class RedisBackend(Backend):
     """``redis://host:port/db[?prefix=conveyor&allow_eviction=0]``, also ``rediss://``;
     ``redis://host:port?cluster=1`` for a Redis Cluster (see ``_url.py``)."""
@@ -85,6 +112,7 @@ class RedisBackend(Backend):
         multi_host=True,
         transactional_enqueue=False,
         external_completion=True,
+        blocking_enqueue=True,
     )
     transient_errors: tuple[type[BaseException], ...] = (
         rexc.ConnectionError,  # includes BusyLoadingError (a restarted server loading)
@@ -109,6 +137,11 @@ class RedisBackend(Backend):
         self._wake: WakeListener | None = None
         #: monotonic time when the earliest waiting job of the last claimed queues falls due.
         self._due_at: float | None = None
+        self._blocking = BlockingEnqueuer(self.options)
+        if self.options.cluster:
+            # The sync fast path speaks to one server; a cluster's sync enqueue goes
+            # through the async cluster client (the portal) instead.
+            self.capabilities = dataclasses.replace(self.capabilities, blocking_enqueue=False)
 
     # -- plumbing --------------------------------------------------------------------
     def _now_arg(self) -> str:
@@ -157,9 +190,7 @@ class RedisBackend(Backend):
         return float(seconds) + float(micros) / 1e6
 
     # -- producers -------------------------------------------------------------------
-    async def enqueue(self, jobs: Sequence[NewJob]) -> list[str]:
-        if not jobs:
-            return []
+    def _enqueue_args(self, jobs: Sequence[NewJob]) -> list[str]:
         queues: dict[str, int] = {}
         for job in jobs:
             queues.setdefault(job.queue, len(queues) + 1)
@@ -186,22 +217,36 @@ class RedisBackend(Backend):
             )
             for job in jobs
         ]
-        args = [
+        return [
             self._now_arg(),
             self.keys.store,
             json.dumps([(name, self.keys.queue(name)) for name in queues]),
             json.dumps(rows, ensure_ascii=False),
         ]
+
+    async def enqueue(self, jobs: Sequence[NewJob]) -> list[str]:
+        if not jobs:
+            return []
         try:
-            ids: list[str] = await self._s.enqueue(keys=[self.keys.route], args=args)
+            ids: list[str] = await self._s.enqueue(
+                keys=[self.keys.route], args=self._enqueue_args(jobs)
+            )
         except rexc.ResponseError as exc:
-            missing = str(exc).partition("DependencyNotFound ")[2]
-            if missing:
-                raise DependencyNotFound(missing.strip()) from None
-            raise
+            raise _enqueue_error(exc) from None
         if self._wake is not None:
             self._wake.flag.set()  # our own listener may not be subscribed to these queues
         return ids
+
+    def enqueue_blocking(self, jobs: Sequence[NewJob]) -> list[str]:
+        if not jobs:
+            return []
+        try:
+            return self._blocking.run([self.keys.route], self._enqueue_args(jobs))
+        except rexc.ResponseError as exc:
+            raise _enqueue_error(exc) from None
+
+    def close_blocking(self) -> None:
+        self._blocking.close()
 
     # -- workers ---------------------------------------------------------------------
     async def claim(
@@ -213,24 +258,65 @@ class RedisBackend(Backend):
         lease: float,
         task_caps: Mapping[str, int] | None = None,
     ) -> list[ClaimedJob]:
-        names = list(queues)
-        assert self._wake is not None
-        await self._wake.ensure(self.keys.wake(q) for q in names)
-        self._wake.flag.clear()  # wakes from now on are news to the next wait
+        return await self._claim(queues, limit, worker, lease, task_caps)
+
+    async def _claim(
+        self,
+        queues: Sequence[str],
+        limit: int,
+        worker: str,
+        lease: float,
+        task_caps: Mapping[str, int] | None,
+    ) -> list[ClaimedJob]:
+        claim_args = await self._claim_args(queues, limit, worker, lease, task_caps)
         reply = await self._s.claim(
-            keys=[self.keys.route],
-            args=[
-                self._now_arg(),
-                self.keys.store,
-                token_hex(12),
-                worker,
-                _num(lease),
-                json.dumps(dict(task_caps or {})),
-                CLAIM_PROMOTE_LIMIT,
-                max(0, limit),
-                *(self.keys.queue(q) for q in names),
-            ],
+            keys=[self.keys.route], args=[self._now_arg(), self.keys.store, *claim_args]
         )
+        return self._claimed(reply)
+
+    async def finish_and_claim(
+        self,
+        outcomes: Sequence[Outcome],
+        queues: Sequence[str],
+        limit: int,
+        *,
+        worker: str,
+        lease: float,
+        task_caps: Mapping[str, int] | None = None,
+    ) -> tuple[list[bool], list[ClaimedJob]]:
+        if not outcomes:
+            return [], await self._claim(queues, limit, worker, lease, task_caps)
+        if any(o.kind is OutcomeKind.PARKED for o in outcomes):
+            # Parks go through park.lua (rare): finish, then claim, in two calls.
+            applied = await self.finish(outcomes)
+            return applied, await self._claim(queues, limit, worker, lease, task_caps)
+        claim_args = await self._claim_args(queues, limit, worker, lease, task_caps)
+        args = [self._now_arg(), self.keys.store, _outcomes_json(outcomes), *claim_args]
+        applied, reply = await self._s.finish_claim(keys=[self.keys.route], args=args)
+        return [bool(x) for x in applied], self._claimed(reply)
+
+    async def _claim_args(
+        self,
+        queues: Sequence[str],
+        limit: int,
+        worker: str,
+        lease: float,
+        task_caps: Mapping[str, int] | None,
+    ) -> list[Any]:
+        assert self._wake is not None
+        await self._wake.ensure(self.keys.wake(q) for q in queues)
+        self._wake.flag.clear()  # wakes from now on are news to the next wait
+        return [
+            token_hex(12),
+            worker,
+            _num(lease),
+            json.dumps(dict(task_caps or {})),
+            CLAIM_PROMOTE_LIMIT,
+            max(0, limit),
+            *(self.keys.queue(q) for q in queues),
+        ]
+
+    def _claimed(self, reply: list[Any]) -> list[ClaimedJob]:
         self._note_due(reply[0], reply[1])
         return claimed_from_reply(reply)
 
@@ -256,16 +342,7 @@ class RedisBackend(Backend):
             return []
         if any(o.kind is OutcomeKind.PARKED for o in outcomes):
             return await self._finish_with_parks(outcomes)
-        args: list[Any] = [self._now_arg(), self.keys.store]
-        for out in outcomes:
-            args += (
-                out.id,
-                out.lease_token,
-                out.kind.value,
-                out.result_json if out.result_json is not None else "",
-                out.error_json or "",
-                _num(out.retry_delay or 0.0),
-            )
+        args = [self._now_arg(), self.keys.store, _outcomes_json(outcomes)]
         reply: list[int] = await self._s.finish(keys=[self.keys.route], args=args)
         return [bool(x) for x in reply]
 

@@ -1,0 +1,152 @@
+-- finish_outcomes(now, G, outcomes, caps): apply the outcomes, each a list of 6 fields
+-- (see finish.lua); returns one 1/0 per outcome. Used by finish.lua and finish_claim.lua.
+-- caps: the finishing worker's task caps ({task: cap}), or nil when unknown. A freed
+-- slot wakes waiting workers only if it may unblock a capped job: always when caps are
+-- unknown, else when the queue has tenant caps or a finished job's task is capped.
+local function finish_outcomes(now, G, outcomes, caps)
+    local snow = fmt(now)
+    local applied = {}
+    local wake_queues = {}
+    -- Per queue: ids leaving running, per-(state, tenant) count changes, index additions.
+    local per_queue = {}
+    local taskrun = {}
+
+    local function bucket(QP)
+        local b = per_queue[QP]
+        if not b then
+            b = { left = {}, counts = {}, adds = {} }
+            per_queue[QP] = b
+        end
+        return b
+    end
+
+    local function add(map, key, score, member)
+        local list = map[key]
+        if not list then
+            list = {}
+            map[key] = list
+        end
+        list[#list + 1] = score
+        list[#list + 1] = member
+    end
+
+    for _, o in ipairs(outcomes) do
+        local id, token, kind = o[1], o[2], o[3]
+        local result, err, delay = o[4], o[5], tonumber(o[6])
+        local key = jkey(G, id)
+        local f = redis.call('HMGET', key, 'state', 'lease_token', 'qp', 'tenant', 'task', 'attempt',
+            'max_attempts', 'cancel_requested', 'result_ttl', 'key', 'base_priority', 'errors')
+        if f[1] ~= 'running' or f[2] ~= token then
+            applied[#applied + 1] = 0
+        else
+            applied[#applied + 1] = 1
+            local QP, tenant, task = f[3], f[4], f[5]
+            local attempt, max_attempts = tonumber(f[6]), tonumber(f[7])
+            local cancel_requested = f[8] == '1'
+            local ttl, dkey, base = f[9], f[10], f[11]
+            local b = bucket(QP)
+            local fields = {}
+            local new
+            if kind == 'succeeded' then
+                new = 'succeeded'
+                if result ~= '' then -- '' is never valid JSON: it stands for "no result"
+                    fields = { 'result', result }
+                end
+            elseif kind == 'dead' or kind == 'cancelled' then
+                new = kind
+            elseif kind == 'retry' then
+                if cancel_requested then
+                    new = 'cancelled'
+                elseif attempt >= max_attempts then
+                    new = 'dead'
+                elseif delay > 0 then
+                    new = 'retrying'
+                else
+                    new = 'queued'
+                end
+            else -- released: the attempt is given back
+                fields = { 'attempt', math.max(attempt - 1, 0) }
+                new = cancel_requested and 'cancelled' or 'queued'
+            end
+            -- Errors are recorded for failed attempts (retry, dead, cancelled) only, as the
+            -- reference engine does: a success or a release has no error of its own.
+            if err ~= '' and kind ~= 'succeeded' and kind ~= 'released' then
+                local errors = f[12]
+                if not errors or errors == '[]' then
+                    errors = '[' .. err .. ']'
+                else
+                    errors = string.sub(errors, 1, -2) .. ',' .. err .. ']'
+                end
+                fields[#fields + 1] = 'errors'
+                fields[#fields + 1] = errors
+            end
+            fields[#fields + 1] = 'state'
+            fields[#fields + 1] = new
+            if kind == 'retry' or kind == 'released' then
+                -- Whatever comes next, the job leaves its aged priority behind.
+                fields[#fields + 1] = 'priority'
+                fields[#fields + 1] = base
+            end
+            if new == 'retrying' then
+                local run_at = fmt(now + delay)
+                fields[#fields + 1] = 'run_at'
+                fields[#fields + 1] = run_at
+                add(b.adds, QP .. 'due', run_at, id)
+                wake_queues[QP] = true
+            elseif new ~= 'queued' then
+                fields[#fields + 1] = 'finished_at'
+                fields[#fields + 1] = snow
+                if new ~= 'dead' and ttl and ttl ~= '' then
+                    local at = fmt(now + tonumber(ttl))
+                    fields[#fields + 1] = 'expires_at'
+                    fields[#fields + 1] = at
+                    add(b.adds, QP .. 'exp', at, id)
+                end
+                release_key(G, id, dkey)
+            end
+            redis.call('HSET', key, unpack(fields))
+            if new == 'succeeded' or new == 'dead' or new == 'cancelled' then
+                settle_dependents(G, id, new, task, now)
+            end
+            redis.call('HDEL', key, 'lease_token', 'lease_expires_at')
+            if new == 'queued' then
+                make_ready(G, QP, id, tenant, task, base, now)
+                wake_queues[QP] = true
+            end
+            b.left[#b.left + 1] = id
+            if new ~= 'queued' then
+                add(b.adds, QP .. 's:' .. new, 0, id)
+            end
+            b.counts['running:' .. tenant] = (b.counts['running:' .. tenant] or 0) - 1
+            b.counts[new .. ':' .. tenant] = (b.counts[new .. ':' .. tenant] or 0) + 1
+            taskrun[task] = (taskrun[task] or 0) + 1
+            if caps == nil or caps[task] then
+                b.freed_cap = true
+            end
+        end
+    end
+
+    for QP, b in pairs(per_queue) do
+        redis.call('ZREM', QP .. 'leases', unpack(b.left))
+        redis.call('ZREM', QP .. 's:running', unpack(b.left))
+        for key, flat in pairs(b.adds) do
+            redis.call('ZADD', key, unpack(flat))
+        end
+        for field, n in pairs(b.counts) do
+            if n ~= 0 and redis.call('HINCRBY', QP .. 'cnt', field, n) <= 0 then
+                redis.call('HDEL', QP .. 'cnt', field)
+            end
+        end
+        -- A freed slot may unblock a capped job: worth a wake-up if anything is ready.
+        local freed_cap = b.freed_cap or redis.call('HLEN', QP .. 'tm') > 0
+        if wake_queues[QP] or (freed_cap and any_ready(QP)) then
+            wake(QP)
+        end
+    end
+    for task, n in pairs(taskrun) do
+        if redis.call('HINCRBY', G .. 'taskrun', task, -n) <= 0 then
+            redis.call('HDEL', G .. 'taskrun', task)
+        end
+    end
+    return applied
+end

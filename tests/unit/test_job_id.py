@@ -1,0 +1,38 @@
+"""Job ids: UUIDv7, increasing within a process, distinct across processes."""
+
+from __future__ import annotations
+
+import os
+import random
+import uuid
+
+from conveyor.job import new_job_id
+
+
+def test_ids_are_uuid7_and_increase() -> None:
+    ids = [new_job_id() for _ in range(5000)]  # several share a millisecond
+    assert ids == sorted(ids)
+    assert len(set(ids)) == len(ids)
+    assert {uuid.UUID(i).version for i in ids} == {7}
+
+
+def test_seeding_the_global_random_does_not_repeat_ids() -> None:
+    random.seed(42)
+    first = new_job_id(now=1_750_000_000.0)
+    random.seed(42)
+    assert new_job_id(now=1_750_000_000.0)[19:] != first[19:]
+
+
+def test_a_forked_child_draws_other_random_bits() -> None:
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report 50 ids and leave at once
+        os.write(write, ",".join(new_job_id() for _ in range(50)).encode())
+        os._exit(0)
+    os.close(write)
+    parent = [new_job_id() for _ in range(50)]
+    os.waitpid(pid, 0)
+    with os.fdopen(read) as pipe:
+        child = pipe.read().split(",")
+    # The random tail (after the time and counter) never repeats across the fork.
+    assert not {i[19:] for i in parent} & {i[19:] for i in child}
