@@ -133,3 +133,36 @@ def test_a_backend_a_task_opens_on_the_worker_loop_is_closed_with_it(store_url: 
         assert handle is None
     finally:
         app.close()
+
+
+def test_a_deadline_timeout_waits_out_the_tasks_backoff(app: conveyor.App) -> None:
+    timeouts: list[Event] = []
+    app.on("job.timeout")(timeouts.append)
+
+    @app.task(name="slow_service", max_attempts=2, backoff=conveyor.Backoff(120, jitter=False))
+    def slow_service() -> None:
+        conveyor.current_job().await_external(deadline=0.2)
+
+    worker = conveyor.Worker(
+        app, poll_interval=0.05, maintenance_interval=0.05, handle_signals=False
+    )
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        handle = app.enqueue("slow_service")
+        deadline = time.monotonic() + 15
+        while (info := handle.info()).state is not JobState.RETRYING:
+            assert time.monotonic() < deadline, info
+            time.sleep(0.02)
+        timed_out = info.errors[-1]
+        assert timed_out.type == "ExternalTimeout" and timed_out.attempt == 1
+        # Retry 1 of Backoff(base=120): two minutes after the timeout, not at once.
+        assert info.run_at is not None
+        assert (info.run_at - timed_out.at).total_seconds() == pytest.approx(120, abs=1)
+        while not timeouts:
+            assert time.monotonic() < deadline, "no job.timeout event"
+            time.sleep(0.02)
+        assert [e.job_id for e in timeouts] == [handle.id]
+    finally:
+        worker.stop()
+        thread.join(30)

@@ -135,6 +135,46 @@ async def test_deadline_expiry_retries_then_refuses_the_late_completion(
     assert (await backend.get(job.id)).state is JobState.DEAD  # type: ignore[union-attr]
 
 
+async def test_deadline_expiry_applies_the_retry_delay(
+    backend: Backend, make_job: MakeJob, clock: FakeClock, ops: Ops
+) -> None:
+    job = make_job(task="tasks.slow", max_attempts=2)
+    await backend.enqueue([job])
+    claimed = await ops.claim_one(backend)
+    await park(backend, claimed, deadline=30.0)
+    clock.advance(30.0)
+    asked: list[tuple[str, int]] = []
+
+    def delay(task: str, attempt: int) -> float:
+        asked.append((task, attempt))
+        return 7.5
+
+    assert await backend.expire_waiting(delay) == [(job.id, JobState.RETRYING)]
+    assert asked == [("tasks.slow", 1)]
+    info = await backend.get(job.id)
+    assert info is not None and info.state is JobState.RETRYING
+    assert info.run_at == from_timestamp(clock.now + 7.5)
+    assert info.errors[-1].type == EXTERNAL_TIMEOUT and info.errors[-1].attempt == 1
+    # Expired once: a second pass finds nothing, a late completion is refused.
+    assert await backend.expire_waiting(delay) == []
+    assert await backend.complete_external(done(job.id, claimed.lease_token)) is (
+        ExternalReply.LATE
+    )
+    clock.advance(7.0)
+    await backend.promote()
+    assert (await backend.get(job.id)).state is JobState.RETRYING  # type: ignore[union-attr]
+    clock.advance(0.5)
+    await backend.promote()
+    assert (await backend.get(job.id)).state is JobState.QUEUED  # type: ignore[union-attr]
+    # The last attempt times out too: dead, whatever the delay.
+    second = await ops.claim_one(backend)
+    await park(backend, second, deadline=30.0)
+    clock.advance(30.0)
+    assert await backend.expire_waiting(delay) == [(job.id, JobState.DEAD)]
+    assert asked == [("tasks.slow", 1), ("tasks.slow", 2)]
+    assert (await backend.get(job.id)).state is JobState.DEAD  # type: ignore[union-attr]
+
+
 async def test_cancel_of_a_waiting_job_cancels_it(
     backend: Backend, make_job: MakeJob, clock: FakeClock, ops: Ops
 ) -> None:

@@ -33,6 +33,9 @@ from typing import Any
 from conveyor.job import Job, JobState
 
 Clock = Callable[[], float]
+#: ``(task name, attempt) -> seconds`` before the next attempt of a job whose waiting
+#: deadline passed: the core's retry policy, since the store does not know tasks.
+RetryDelay = Callable[[str, int], float]
 
 
 @dataclass(frozen=True, slots=True)
@@ -367,9 +370,12 @@ class Backend(abc.ABC):
         """
         raise NotImplementedError(f"{type(self).__name__} has no external completion")
 
-    async def expire_waiting(self) -> list[tuple[str, JobState]]:
-        """Waiting jobs past their deadline: like ``reap``, with the error
-        ``ExternalTimeout``: ``queued`` again while attempts are left, else ``dead``.
+    async def expire_waiting(self, delay: RetryDelay | None = None) -> list[tuple[str, JobState]]:
+        """Waiting jobs past their deadline time out with the error ``ExternalTimeout``:
+        ``retrying`` until now + ``delay(task, attempt)`` while attempts are left
+        (``queued`` at once when that is 0 or ``delay`` is None), else ``dead``.
+
+        Atomic per job and fenced: a job completed meanwhile is left alone.
 
         Returns ``(job id, new state)`` of each (the caller announces ``job.timeout``).
         """

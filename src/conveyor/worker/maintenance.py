@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from conveyor import notify
 from conveyor.backends.base import Backend
 from conveyor.job import JobState
+from conveyor.retry import Backoff
 
 if TYPE_CHECKING:
     from conveyor.worker.loop import Worker
@@ -21,7 +22,15 @@ log = logging.getLogger("conveyor.worker")
 async def expire_waiting(worker: Worker, backend: Backend) -> None:
     """Waiting jobs past their deadline time out; announce ``job.timeout`` (and
     ``job.dead`` for those out of attempts)."""
-    expired = await worker._call("expire waiting", backend.expire_waiting)
+    tasks = worker.app.tasks
+
+    def delay(task_name: str, attempt: int) -> float:
+        # The task's retry policy, as for a failed attempt; the default one for a task
+        # this app does not know.
+        task = tasks.get(task_name)
+        return (task.backoff if task is not None else Backoff()).delay(attempt)
+
+    expired = await worker._call("expire waiting", lambda: backend.expire_waiting(delay))
     if not expired:
         return
     log.warning("%d waiting job(s) timed out (no external completion)", len(expired))

@@ -102,6 +102,7 @@ class Queries:
     park: str
     complete_external: str
     wait_status: str
+    overdue_waits: str
     expire_waiting: str
 
     @classmethod

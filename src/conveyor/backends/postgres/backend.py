@@ -53,6 +53,7 @@ from conveyor.backends.base import (
     OutcomeKind,
     QueueStats,
     RateBucket,
+    RetryDelay,
     external_refusal,
 )
 from conveyor.backends.postgres import _sql, _url
@@ -451,9 +452,22 @@ class PostgresBackend(Backend):
         assert now_row is not None
         return external_refusal(status[0], status[2], status[3], float(now_row[0]))
 
-    async def expire_waiting(self) -> list[tuple[str, JobState]]:
+    async def expire_waiting(self, delay: RetryDelay | None = None) -> list[tuple[str, JobState]]:
+        now = self._now()
         async with self._conn() as conn, conn.transaction():
-            cur = await conn.execute(self._q.expire_waiting, {"now": self._now()})
+            cur = await conn.execute(self._q.overdue_waits, {"now": now})
+            overdue = await cur.fetchall()
+            if not overdue:
+                return []
+            ids = [str(job_id) for job_id, _, _ in overdue]
+            # Rows stay locked until commit, so each delay applies to the attempt it was
+            # computed for.
+            delays = [
+                delay(str(task), int(attempt)) if delay is not None else 0.0
+                for _, task, attempt in overdue
+            ]
+            params = {"now": now, "ids": ids, "delays": delays}
+            cur = await conn.execute(self._q.expire_waiting, params)
             rows = await cur.fetchall()
             for queue in sorted({q for _, state, q in rows if state == JobState.QUEUED}):
                 await conn.execute(self._q.notify, {"chan": self.channel, "queue": queue})

@@ -67,16 +67,32 @@ SELECT state, wait_token, wait_until, errors -> -1 ->> 'type' FROM jobs WHERE id
 FOR UPDATE;
 
 
+-- name: overdue_waits
+-- Waiting jobs whose deadline passed, row-locked until the transaction ends (so a
+-- completion landing meanwhile waits, then finds them expired; rows another
+-- transaction holds are left for the next pass): (id, task, attempt) of each, from
+-- which the caller computes each job's retry delay.
+SELECT id, task, attempt FROM jobs
+WHERE state = 'waiting' AND wait_until <= conveyor_now(%(now)s)
+FOR UPDATE SKIP LOCKED;
+
+
 -- name: expire_waiting
--- Waiting jobs whose deadline passed: queued again while attempts are left, else dead;
--- records the ExternalTimeout error. Returns (id, new state, queue) of each.
-WITH t AS (SELECT conveyor_now(%(now)s) AS now)
+-- The jobs overdue_waits locked (%(ids)s), each with its retry delay (%(delays)s):
+-- retrying until now + delay (queued at once when it is 0) while attempts are left, else
+-- dead; records the ExternalTimeout error. Returns (id, new state, queue) of each.
+WITH t AS (SELECT conveyor_now(%(now)s) AS now),
+d AS (SELECT * FROM unnest(%(ids)s::text[], %(delays)s::float8[]) AS d(id, delay))
 UPDATE jobs AS j
-SET state = CASE WHEN j.attempt < j.max_attempts THEN 'queued' ELSE 'dead' END,
+SET state = CASE WHEN j.attempt >= j.max_attempts THEN 'dead'
+                 WHEN d.delay > 0 THEN 'retrying' ELSE 'queued' END,
     finished_at = CASE WHEN j.attempt >= j.max_attempts THEN t.now END,
-    ready_at = CASE WHEN j.attempt < j.max_attempts THEN t.now ELSE j.ready_at END,
+    run_at = CASE WHEN j.attempt < j.max_attempts AND d.delay > 0 THEN t.now + d.delay
+                  ELSE j.run_at END,
+    ready_at = CASE WHEN j.attempt < j.max_attempts AND d.delay <= 0 THEN t.now
+                    ELSE j.ready_at END,
     priority = j.base_priority,
-    age_at = CASE WHEN j.attempt < j.max_attempts AND j.base_priority > 0
+    age_at = CASE WHEN j.attempt < j.max_attempts AND d.delay <= 0 AND j.base_priority > 0
                   THEN t.now + (SELECT q.aging FROM queues AS q WHERE q.name = j.queue) END,
     errors = j.errors || jsonb_build_array(jsonb_build_object(
         'attempt', j.attempt, 'type', 'ExternalTimeout',
@@ -84,11 +100,6 @@ SET state = CASE WHEN j.attempt < j.max_attempts THEN 'queued' ELSE 'dead' END,
         'at', t.now)),
     wait_until = NULL,
     lease_expires_at = NULL
-FROM t
-WHERE j.id IN (
-    SELECT r.id FROM jobs AS r, t
-    WHERE r.state = 'waiting' AND r.wait_until <= t.now
-    FOR UPDATE OF r SKIP LOCKED
-)
-AND j.state = 'waiting' AND j.wait_until <= t.now
+FROM t, d
+WHERE j.id = d.id AND j.state = 'waiting' AND j.wait_until <= t.now
 RETURNING j.id, j.state, j.queue;

@@ -45,6 +45,7 @@ from conveyor.backends.base import (
     OutcomeKind,
     QueueStats,
     RateBucket,
+    RetryDelay,
 )
 from conveyor.backends.redis._blocking import BlockingEnqueuer
 from conveyor.backends.redis._client import make_client, store_time
@@ -380,11 +381,22 @@ class RedisBackend(Backend):
         reply = await self._s.complete(keys=[self.keys.route], args=args)
         return ExternalReply(reply[0])
 
-    async def expire_waiting(self) -> list[tuple[str, JobState]]:
+    async def expire_waiting(self, delay: RetryDelay | None = None) -> list[tuple[str, JobState]]:
         prefixes = await self._queue_prefixes()
         if not prefixes:
             return []
-        args = [self._now_arg(), self.keys.store, *prefixes.values()]
+        # Two scripts: list the overdue jobs, compute their delays here, then expire
+        # them fenced by state, deadline and attempt (a completion in between wins).
+        now = self._now_arg()
+        args = [now, self.keys.store, "list", *prefixes.values()]
+        listed = await self._s.expire(keys=[self.keys.route], args=args)
+        if not listed:
+            return []
+        args = [now, self.keys.store, "expire"]
+        for i in range(0, len(listed), 4):
+            qp, job_id, task, attempt = (str(v) for v in listed[i : i + 4])
+            wait = delay(task, int(attempt)) if delay is not None else 0.0
+            args += [qp, job_id, attempt, _num(wait)]
         flat = await self._s.expire(keys=[self.keys.route], args=args)
         return [(str(flat[i]), JobState(flat[i + 1])) for i in range(0, len(flat), 2)]
 

@@ -14,6 +14,7 @@ from conveyor.backends.base import (
     EXTERNAL_TIMEOUT_MESSAGE,
     ExternalReply,
     QueueStats,
+    RetryDelay,
     external_refusal,
     job_error_json,
 )
@@ -61,11 +62,17 @@ def reap(conn: sqlite3.Connection, now: float, q: Queries) -> tuple[int, list[st
     return reaped, [str(job_id) for job_id, _, _, dies in expired if dies]
 
 
-def expire_waiting(conn: sqlite3.Connection, now: float, q: Queries) -> list[tuple[str, JobState]]:
+def expire_waiting(
+    conn: sqlite3.Connection, now: float, q: Queries, delay: RetryDelay | None
+) -> list[tuple[str, JobState]]:
     out = []
-    for job_id, attempt in conn.execute(q.expired_waits, {"now": now}).fetchall():
+    for job_id, attempt, task in conn.execute(q.expired_waits, {"now": now}).fetchall():
         error = job_error_json(attempt, EXTERNAL_TIMEOUT, EXTERNAL_TIMEOUT_MESSAGE, now)
-        row = conn.execute(q.expire_wait, {"id": job_id, "now": now, "error": error}).fetchone()
+        # The delay is chosen inside the write transaction, so it is applied to the very
+        # attempt it was computed for.
+        wait = delay(str(task), int(attempt)) if delay is not None else 0.0
+        params = {"id": job_id, "now": now, "error": error, "delay": wait}
+        row = conn.execute(q.expire_wait, params).fetchone()
         if row is not None:
             out.append((str(job_id), JobState(row[0])))
     return out

@@ -39,18 +39,23 @@ WHERE id = :id AND lease_token = :token AND state = 'running';
 
 -- name: expired_waits
 -- Waiting jobs (external completion) whose deadline is at or before :now.
-SELECT id, attempt FROM jobs INDEXED BY jobs_waits
+SELECT id, attempt, task FROM jobs INDEXED BY jobs_waits
 WHERE state = 'waiting' AND lease_expires_at <= :now;
 
 
 -- name: expire_wait
--- Deadline passed: record :error, then queued again, or dead when no attempt is left.
+-- Deadline passed: record :error, then retrying until :now + :delay (the task's
+-- backoff, chosen by the caller) or queued at once when :delay is 0, or dead when no
+-- attempt is left.
 UPDATE jobs
-SET state = CASE WHEN attempt < max_attempts THEN 'queued' ELSE 'dead' END,
+SET state = CASE WHEN attempt >= max_attempts THEN 'dead'
+                 WHEN :delay > 0 THEN 'retrying' ELSE 'queued' END,
     finished_at = CASE WHEN attempt >= max_attempts THEN :now END,
-    ready_at = CASE WHEN attempt < max_attempts THEN :now ELSE ready_at END,
+    run_at = CASE WHEN attempt < max_attempts AND :delay > 0 THEN :now + :delay
+                  ELSE run_at END,
+    ready_at = CASE WHEN attempt < max_attempts AND :delay <= 0 THEN :now ELSE ready_at END,
     priority = base_priority,
-    age_at = CASE WHEN attempt < max_attempts AND base_priority > 0
+    age_at = CASE WHEN attempt < max_attempts AND :delay <= 0 AND base_priority > 0
                   THEN :now + (SELECT aging FROM queues WHERE name = jobs.queue) END,
     errors_json = json_insert(errors_json, '$[#]', json(:error)),
     lease_expires_at = NULL

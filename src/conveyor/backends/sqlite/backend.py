@@ -43,6 +43,7 @@ from conveyor.backends.base import (
     OutcomeKind,
     QueueStats,
     RateBucket,
+    RetryDelay,
 )
 from conveyor.backends.sqlite import _connection, _ops, _sql, _workflow
 from conveyor.backends.sqlite._records import claimed_from_row
@@ -335,9 +336,9 @@ class SQLiteBackend(Backend):
 
         return await self._write(body, wakes=True)
 
-    async def expire_waiting(self) -> list[tuple[str, JobState]]:
+    async def expire_waiting(self, delay: RetryDelay | None = None) -> list[tuple[str, JobState]]:
         return await self._write(
-            lambda conn, now: _ops.expire_waiting(conn, now, self._q), wakes=True
+            lambda conn, now: _ops.expire_waiting(conn, now, self._q, delay), wakes=True
         )
 
     async def take_rate(self, lease: Lease, buckets: Sequence[RateBucket]) -> float:
