@@ -383,3 +383,21 @@ def test_metrics(served_any: Running, tmp_path: Path) -> None:
     ):
         assert f"# TYPE {name.removesuffix('_total')}" in text, name
     assert served.client(served.org7).get("/metrics").status_code == 403
+
+
+def test_metrics_depth_by_priority(served_any: Running, tmp_path: Path) -> None:
+    served = served_any
+    make_dead(served, served.org7, tmp_path)  # finished: not waiting, no series
+    submit(served, served.org7, priority=1)
+    submit(served, served.org7, priority=1)
+    submit(served, served.org8, priority=4)
+    submit(served, served.org8, priority=4, delay=60)
+    text = served.client(served.admin).get("/metrics").text
+    series = [line for line in text.splitlines() if line.startswith("conveyor_jobs_waiting{")]
+    assert sorted(series) == [
+        'conveyor_jobs_waiting{priority="1",queue="default",state="queued",tenant="org-7"} 2.0',
+        'conveyor_jobs_waiting{priority="4",queue="default",state="queued",tenant="org-8"} 1.0',
+        'conveyor_jobs_waiting{priority="4",queue="default",state="scheduled",tenant="org-8"} 1.0',
+    ]
+    # The per-state gauge keeps its name and labels.
+    assert 'conveyor_jobs{queue="default",state="queued",tenant="org-7"} 2.0' in text

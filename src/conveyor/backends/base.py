@@ -25,7 +25,7 @@ Conventions every backend honours (the conformance suite in ``tests/contract`` c
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -210,6 +210,24 @@ STATS_STATES: tuple[str, ...] = (
     "succeeded",
     "cancelled",
 )
+
+#: The states of jobs that wait to run (not running, not finished), counted by
+#: ``Backend.waiting_counts`` per priority.
+WAITING_STATES: tuple[str, ...] = ("blocked", "scheduled", "queued", "waiting", "retrying")
+
+
+@dataclass(frozen=True, slots=True)
+class DepthCount:
+    """How many jobs of one (queue, tenant, priority) are in one waiting state.
+
+    ``priority`` is the job's current level: a queued job that aging lifted counts at
+    the level it is claimed at now."""
+
+    queue: str
+    tenant: str | None
+    priority: int
+    state: str
+    count: int
 
 
 class Backend(abc.ABC):
@@ -470,6 +488,13 @@ class Backend(abc.ABC):
     async def delete_record(self, kind: str, key: str) -> bool:
         """Delete the record; False if there was none."""
 
+    # -- queue depth by priority (``/metrics``) ------------------------------------------
+    @abc.abstractmethod
+    async def waiting_counts(self) -> list[DepthCount]:
+        """Jobs in each of ``WAITING_STATES`` per (queue, tenant, priority, state), only
+        non-zero counts, sorted by (queue, tenant or '', priority, state). Finished jobs
+        are never read: the cost follows the backlog of waiting jobs, not the history."""
+
 
 def job_error_json(attempt: int, type_: str, message: str, at: float, tb: str | None = None) -> str:
     """Helper for backends that record errors themselves (the reaper)."""
@@ -520,3 +545,15 @@ class DependencyNotFound(ValueError):
 
 def decode_tenant(value: Any) -> str | None:
     return value if value else None
+
+
+def depth_counts(rows: Iterable[Sequence[Any]]) -> list[DepthCount]:
+    """``(queue, tenant, priority, state, count)`` rows (tenant '' = default) as the
+    sorted, non-zero ``DepthCount`` list ``waiting_counts`` returns."""
+    found = [
+        DepthCount(str(q), decode_tenant(t), int(p), str(s), int(n))
+        for q, t, p, s, n in rows
+        if int(n) > 0
+    ]
+    found.sort(key=lambda d: (d.queue, d.tenant or "", d.priority, d.state))
+    return found

@@ -1,8 +1,8 @@
 """``/metrics`` in the Prometheus text format (prometheus-client, one registry per server).
 
-Gauges are read from the store at each scrape (``stats()`` plus the running jobs), so
-they are exact and the same whichever server is scraped. Histograms and counters come
-from the sampler (``sampler.py``): every finished job it sees is observed once.
+Gauges are read from the store at each scrape (``stats()``, ``waiting_counts()`` and the
+running jobs), so they are exact and the same whichever server is scraped. Histograms
+and counters come from the sampler (``sampler.py``): every finished job it sees is observed once.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from conveyor.backends.base import STATS_STATES, QueueStats
+from conveyor.backends.base import STATS_STATES, DepthCount, QueueStats
 from conveyor.job import Job, JobState
 from conveyor.web.context import WebContext
 from conveyor.worker import presence
@@ -33,6 +33,7 @@ def _tenant(value: str | None) -> str:
 @dataclass
 class Snapshot:
     stats: list[QueueStats] = field(default_factory=list)
+    depth: list[DepthCount] = field(default_factory=list)
     workers: int = 0
     alive: int = 0
     lost: int = 0
@@ -94,7 +95,17 @@ class StoreCollector(Collector):
         )
         present.add_metric(["alive"], self.snapshot.alive)
         present.add_metric(["lost"], self.snapshot.lost)
-        return [jobs, wait, weight, cap, share, workers, present]
+        return [jobs, wait, weight, cap, share, workers, present, self._depth()]
+
+    def _depth(self) -> Metric:
+        depth = GaugeMetricFamily(
+            "conveyor_jobs_waiting",
+            "Jobs waiting to run by queue, tenant, priority and state (no series: none)",
+            labels=["queue", "tenant", "priority", "state"],
+        )
+        for d in self.snapshot.depth:
+            depth.add_metric([d.queue, _tenant(d.tenant), str(d.priority), d.state], d.count)
+        return depth
 
 
 class Metrics:
@@ -151,11 +162,13 @@ class Metrics:
     async def render(self, ctx: WebContext) -> bytes:
         backend = await ctx.backend()
         stats = await backend.stats()
+        depth = await backend.waiting_counts()
         running = await backend.query(state=JobState.RUNNING, limit=_RUNNING_SCAN)
         now = await backend.now()
         seen = [presence.parse(k, v, now) for k, v in await backend.list_records(presence.KIND)]
         snapshot = Snapshot(
             stats=stats,
+            depth=depth,
             workers=len({j.worker for j in running if j.worker}),
             alive=sum(1 for w in seen if w["alive"]),
             lost=sum(1 for w in seen if not w["alive"]),

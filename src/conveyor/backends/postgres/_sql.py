@@ -90,6 +90,7 @@ class Queries:
     reschedule_aging: str
     job_counts: str
     tenant_settings: str
+    waiting_counts: str
     clock: str
     # workflow.sql
     link: str

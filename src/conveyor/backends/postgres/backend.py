@@ -45,6 +45,7 @@ from conveyor.backends.base import (
     ClaimedJob,
     Clock,
     DependencyNotFound,
+    DepthCount,
     ExternalReply,
     HeartbeatReply,
     Lease,
@@ -54,6 +55,7 @@ from conveyor.backends.base import (
     QueueStats,
     RateBucket,
     RetryDelay,
+    depth_counts,
     external_refusal,
 )
 from conveyor.backends.postgres import _sql, _url
@@ -682,6 +684,10 @@ class PostgresBackend(Backend):
 
     async def delete_record(self, kind: str, key: str) -> bool:
         return await self._rowcount(_RECORDS["delete_record"], {"kind": kind, "key": key}) > 0
+
+    # -- queue depth by priority: partial-index counts (queries.sql waiting_counts) -----
+    async def waiting_counts(self) -> list[DepthCount]:
+        return depth_counts(await self._rows(self._q.waiting_counts, {}))
 
 
 #: The columns of a ``build_stats`` counts row, after (queue, tenant).

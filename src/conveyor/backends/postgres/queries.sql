@@ -449,3 +449,21 @@ SELECT queue, tenant, weight, max_running FROM tenants;
 
 -- name: clock
 SELECT conveyor_now(%(now)s);
+
+
+-- name: waiting_counts
+-- Jobs of the waiting states per (queue, tenant, priority, state), for /metrics. Like
+-- job_counts, each branch's WHERE is the predicate of a partial index (jobs_ready,
+-- jobs_due, jobs_blocked, jobs_waits), so the cost follows the backlog and finished
+-- rows are never read.
+SELECT queue, tenant, priority, 'queued', count(*) FROM jobs
+WHERE state = 'queued' GROUP BY queue, tenant, priority
+UNION ALL
+SELECT queue, tenant, priority, state, count(*) FROM jobs
+WHERE state IN ('scheduled', 'retrying') GROUP BY queue, tenant, priority, state
+UNION ALL
+SELECT queue, tenant, priority, 'blocked', count(*) FROM jobs
+WHERE state = 'blocked' GROUP BY queue, tenant, priority
+UNION ALL
+SELECT queue, tenant, priority, 'waiting', count(*) FROM jobs
+WHERE state = 'waiting' GROUP BY queue, tenant, priority;

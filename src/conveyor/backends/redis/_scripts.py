@@ -61,6 +61,7 @@ class Scripts:
     park: AsyncScript
     complete: AsyncScript
     expire: AsyncScript
+    depth: AsyncScript
 
     @classmethod
     def register(cls, client: Any) -> Scripts:

@@ -32,11 +32,13 @@ from typing import Any
 import redis.exceptions as rexc
 
 from conveyor.backends.base import (
+    WAITING_STATES,
     Backend,
     Capabilities,
     ClaimedJob,
     Clock,
     DependencyNotFound,
+    DepthCount,
     ExternalReply,
     HeartbeatReply,
     Lease,
@@ -46,6 +48,7 @@ from conveyor.backends.base import (
     QueueStats,
     RateBucket,
     RetryDelay,
+    depth_counts,
 )
 from conveyor.backends.redis._blocking import BlockingEnqueuer
 from conveyor.backends.redis._client import make_client, store_time
@@ -76,6 +79,9 @@ def _num(value: float | None) -> str:
 
 
 _EXTERNAL_KINDS = (OutcomeKind.SUCCEEDED, OutcomeKind.RETRY, OutcomeKind.DEAD)
+#: Ids read per depth.lua call for the non-queued waiting states: bounds how long one
+#: call holds the server. Counts of a backlog that moves between pages are approximate.
+_DEPTH_PAGE = 2000
 
 
 def _enqueue_error(exc: rexc.ResponseError) -> Exception:
@@ -597,6 +603,27 @@ class RedisBackend(Backend):
 
     async def delete_record(self, kind: str, key: str) -> bool:
         return bool(await self._client.hdel(self._records_key(kind), key))
+
+    # -- queue depth by priority (depth.lua) ----------------------------------------------
+    async def waiting_counts(self) -> list[DepthCount]:
+        rows: list[tuple[str, str, int, str, int]] = []
+        for name, prefix in (await self._queue_prefixes()).items():
+            for state in WAITING_STATES:
+                offset = 0
+                while True:  # one page per call; 'queued' answers in one call
+                    args: list[str | int] = [self.keys.store, prefix, state, offset, _DEPTH_PAGE]
+                    reply = await self._s.depth(keys=[self.keys.route], args=args)
+                    for i in range(1, len(reply), 3):
+                        rows.append((name, reply[i], int(reply[i + 1]), state, int(reply[i + 2])))
+                    if int(reply[0]) < _DEPTH_PAGE:
+                        break
+                    offset += _DEPTH_PAGE
+        # Pages of one state can split a (tenant, priority): sum them.
+        totals: dict[tuple[str, str, int, str], int] = {}
+        for queue, tenant, prio, state, n in rows:
+            key = (queue, tenant, prio, state)
+            totals[key] = totals.get(key, 0) + n
+        return depth_counts((*key, n) for key, n in totals.items())
 
 
 def _text(value: str | bytes) -> str:

@@ -93,6 +93,7 @@ class Queries:
     reschedule_aging: str
     job_counts: str
     tenant_settings: str
+    waiting_counts: str
     # workflow.sql
     dependency_state: str
     insert_dependency: str

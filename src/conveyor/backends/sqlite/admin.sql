@@ -216,3 +216,12 @@ GROUP BY queue, tenant;
 
 -- name: tenant_settings
 SELECT queue, tenant, weight, max_running FROM tenants;
+
+
+-- name: waiting_counts
+-- Jobs of the waiting states per (queue, tenant, priority, state), for /metrics. The
+-- state filter is a range of jobs_by_state (state, id) per state, so finished jobs,
+-- however many are kept, are never read.
+SELECT queue, tenant, priority, state, count(*) FROM jobs
+WHERE state IN ('blocked', 'scheduled', 'queued', 'waiting', 'retrying')
+GROUP BY queue, tenant, priority, state;

@@ -35,6 +35,7 @@ from conveyor.backends.base import (
     Capabilities,
     ClaimedJob,
     Clock,
+    DepthCount,
     ExternalReply,
     HeartbeatReply,
     Lease,
@@ -44,6 +45,7 @@ from conveyor.backends.base import (
     QueueStats,
     RateBucket,
     RetryDelay,
+    depth_counts,
 )
 from conveyor.backends.sqlite import _connection, _ops, _sql, _workflow
 from conveyor.backends.sqlite._records import claimed_from_row
@@ -533,6 +535,11 @@ class SQLiteBackend(Backend):
             return cur.rowcount > 0
 
         return await self._write(body)
+
+    # -- queue depth by priority: one GROUP BY over the waiting states (admin.sql) ------
+    async def waiting_counts(self) -> list[DepthCount]:
+        q = self._q.waiting_counts
+        return depth_counts(await self._read(lambda conn, now: conn.execute(q).fetchall()))
 
 
 def _insert_row(job: NewJob, now: float, blocked: bool) -> tuple[object, ...]:
