@@ -40,7 +40,10 @@ def test_delayed_jobs_run_exactly_once_never_early_across_worker_restarts(
     cluster.worker_pids(worker, 1)
     time.sleep(0.6)
     assert cluster.stop_gracefully(worker) == 0
-    assert not [e for e in cluster.events() if e["ev"] in ("claim", "start")], "ran early"
+    # On a loaded machine the restarts may outlast the shortest delay: a start is only
+    # wrong if it came before its job was due (compared to the due time, not the clock).
+    early = [e for e in cluster.events() if e["ev"] in ("claim", "start") and e["t"] < due[e["id"]]]
+    assert not early, f"ran early: {early}"
     worker = cluster.start_worker(*args)
 
     cluster.wait_for(
