@@ -51,3 +51,12 @@ async def test_an_engine_missing_from_the_installation_says_so(
     app = conveyor.App("redis://127.0.0.1:6379/0")
     with pytest.raises(BackendUnavailable, match="not available"):
         await app.backend()
+
+
+def test_finished_jobs_are_kept_seven_days_by_default(tmp_path: object) -> None:
+    # The retention the PostgreSQL issue asks for (purge keeps tables bounded).
+    from conveyor.config import Defaults
+
+    assert Defaults().result_ttl == 7 * 86400
+    app = conveyor.App(f"sqlite:///{tmp_path}/x.db")
+    assert app.defaults.result_ttl == 7 * 86400
