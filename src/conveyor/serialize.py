@@ -3,9 +3,21 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 DEFAULT_MAX_PAYLOAD = 1024 * 1024  # 1 MiB of encoded arguments
+
+# Arrays and objects nested deeper than this are refused, on the way in and out. The
+# json module recurses once per level against the interpreter's recursion limit (1,000):
+# a record forged 100,000 levels deep ends in a RecursionError only after it has used
+# up the whole stack, and anything that runs then at that depth (a garbage-collected
+# object's finalizer, a warning) fails in turn. Checking the depth first keeps the
+# decoder far from the limit; no real job nests its arguments 200 levels deep.
+MAX_DEPTH = 200
+# A bracket, or a whole string (whose brackets do not count). Possessive, so that a
+# long string is consumed in one step rather than backtracked through.
+_NESTING_TOKEN = re.compile(r'[\[\]{}]|"(?:[^"\\]++|\\.)*+"')
 
 _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 _decoder = json.JSONDecoder()
@@ -23,17 +35,51 @@ class PayloadTooLarge(ValueError):
         self.limit = limit
 
 
+class TooDeep(ValueError):
+    """JSON nested deeper than ``MAX_DEPTH`` arrays and objects."""
+
+    def __init__(self) -> None:
+        super().__init__(f"JSON nested deeper than {MAX_DEPTH} levels")
+
+
+def too_deep(text: str) -> bool:
+    """Whether *text* opens more than ``MAX_DEPTH`` arrays or objects at once.
+
+    Linear and without recursion. Nearly every text is settled by its length or by two
+    counts done in C; only one with more than ``MAX_DEPTH`` brackets is scanned.
+    """
+    if len(text) <= MAX_DEPTH or text.count("[") + text.count("{") <= MAX_DEPTH:
+        return False
+    depth = 0
+    for token in _NESTING_TOKEN.finditer(text):
+        char = text[token.start()]
+        if char in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return True
+        elif char in "]}":
+            depth -= 1
+    return False
+
+
 def dumps(value: Any, *, what: str = "value") -> str:
     """Encode *value* as compact JSON, or raise ``TypeError`` saying what is wrong."""
     try:
-        return _encoder.encode(value)
+        text = _encoder.encode(value)
     except (TypeError, ValueError, RecursionError) as exc:
         raise TypeError(f"{what} is not JSON-serializable: {exc}") from None
+    if too_deep(text):
+        # Refused here, where the caller can see it, not when a worker decodes it.
+        raise TypeError(f"{what} is not JSON-serializable: {TooDeep()}")
+    return text
 
 
 def loads(text: str | None) -> Any:
+    """Decode stored JSON; ``ValueError`` (``TooDeep`` among them) when it is not."""
     if text is None:
         return None
+    if too_deep(text):
+        raise TooDeep()
     return _decoder.decode(text)
 
 
@@ -46,7 +92,7 @@ def loads_for_display(text: str | None) -> Any:
     """
     try:
         return loads(text)
-    except (ValueError, RecursionError):
+    except ValueError:
         return text
 
 
@@ -62,7 +108,7 @@ def encode_arguments(
         if not isinstance(key, str):
             raise TypeError(f"kwargs keys must be strings, not {type(key).__name__}")
     # No arguments at all is common enough to spare the encoder (and the size check).
-    args_json = dumps(list(args), what="args") if args else "[]"
+    args_json = dumps(args, what="args") if args else "[]"  # a tuple encodes as a list
     kwargs_json = dumps(kwargs, what="kwargs") if kwargs else "{}"
     if len(args_json) + len(kwargs_json) <= max_payload // 4:
         return args_json, kwargs_json  # at most 4 bytes of UTF-8 per character: fits

@@ -252,7 +252,7 @@ class _Child:
         """Lines come from code we do not trust: anything odd is dropped."""
         try:
             message = loads(line.decode())
-        except (UnicodeDecodeError, ValueError, RecursionError):
+        except (UnicodeDecodeError, ValueError):
             return
         if not isinstance(message, dict):
             return
@@ -343,7 +343,7 @@ def _from_message(message: dict[str, Any], sandbox: Sandbox) -> SandboxEnd:
     if kind == "result":
         try:  # re-encoded here: the child's text is not trusted to be our JSON
             return SandboxEnd("result", result_json=dumps(loads(message.get("json"))))
-        except (TypeError, ValueError, RecursionError) as exc:
+        except (TypeError, ValueError) as exc:
             return SandboxEnd("error", type="SandboxError", message=f"invalid result: {exc}")
     tb = message.get("traceback")
     return SandboxEnd(
