@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from conveyor.metrics import Recorder, record_key
 from conveyor.web import tokens
 
 if TYPE_CHECKING:
     from conveyor.app import App
     from conveyor.backends.base import Backend
     from conveyor.web.sampler import Sampler
+
+
+def _server_id() -> str:
+    return f"serve/{socket.gethostname()}/{os.getpid()}"
 
 
 @dataclass
@@ -24,6 +31,8 @@ class WebContext:
     sampler: Sampler
     #: Serve /metrics without a token (for a scraper on a trusted network).
     public_metrics: bool = False
+    #: What this server counts itself for /metrics (external completions).
+    counts: Recorder = field(default_factory=lambda: Recorder(record_key(_server_id())))
     extra: dict[str, Any] = field(default_factory=dict)
 
     async def backend(self) -> Backend:

@@ -1,27 +1,40 @@
 """``/metrics`` in the Prometheus text format (prometheus-client, one registry per server).
 
 Gauges are read from the store at each scrape (``stats()``, ``waiting_counts()`` and the
-running jobs), so they are exact and the same whichever server is scraped. Histograms
-and counters come from the sampler (``sampler.py``): every finished job it sees is observed once.
+running jobs), so they are exact and the same whichever server is scraped. Counters and
+histograms are the sum of the records every worker and server writes of what it counted
+itself (``conveyor/metrics.py``): exact too, up to the last few seconds of a process
+killed without warning.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
+from conveyor import metrics as counting
 from conveyor.backends.base import STATS_STATES, DepthCount, QueueStats
-from conveyor.job import Job, JobState
+from conveyor.job import JobState
 from conveyor.web.context import WebContext
 from conveyor.worker import presence
 
+log = logging.getLogger("conveyor.web")
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+#: How often ``conveyor serve`` looks for metrics records to fold (``fold_stale``).
+_FOLD_EVERY = 60.0
 #: Running jobs read per scrape to count workers (one row per running job).
 _RUNNING_SCAN = 10_000
 
@@ -108,56 +121,40 @@ class StoreCollector(Collector):
         return depth
 
 
-class Metrics:
+class CountsCollector(Collector):
+    """Counter and histogram families from the summed records (set before each render)."""
+
     def __init__(self) -> None:
+        self.counts = counting.Counts()
+
+    def collect(self) -> Iterable[Metric]:
+        out: list[Metric] = []
+        for short, family in counting.FAMILIES.items():
+            labels = list(family.labels)
+            if family.type == "counter":
+                counter = CounterMetricFamily(family.name, family.help, labels=labels)
+                for values, n in sorted(self.counts.counters.get(short, {}).items()):
+                    counter.add_metric(list(values), n)
+                out.append(counter)
+            else:
+                hist = HistogramMetricFamily(family.name, family.help, labels=labels)
+                for values, h in sorted(self.counts.histograms.get(short, {}).items()):
+                    hist.add_metric(list(values), h.cumulative(), sum_value=h.total)
+                out.append(hist)
+        return out
+
+
+class Metrics:
+    def __init__(self, recorder: counting.Recorder) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.store = StoreCollector()
+        self.exact = CountsCollector()
         self.registry.register(self.store)
-        self.wait = Histogram(
-            "conveyor_job_wait_seconds",
-            "Due -> start of the final attempt, of finished jobs (sampled)",
-            ["queue"],
-            buckets=_BUCKETS,
-            registry=self.registry,
-        )
-        self.run = Histogram(
-            "conveyor_job_run_seconds",
-            "Start -> finish of the final attempt, of finished jobs (sampled)",
-            ["queue", "task"],
-            buckets=_BUCKETS,
-            registry=self.registry,
-        )
-        self.finished = Counter(
-            "conveyor_jobs_finished",
-            "Jobs seen finishing, by final state (succeeded or dead; sampled)",
-            ["queue", "tenant", "state"],
-            registry=self.registry,
-        )
-        self.retries = Counter(
-            "conveyor_job_retries",
-            "Extra attempts used by the finished jobs seen (attempt - 1; sampled)",
-            ["queue"],
-            registry=self.registry,
-        )
-        self.lease_expiries = Counter(
-            "conveyor_lease_expiries",
-            "Attempts of the finished jobs seen that ended with an expired lease (sampled)",
-            ["queue"],
-            registry=self.registry,
-        )
+        self.registry.register(self.exact)
+        #: What this server counts itself (external completions), written like a worker's.
+        self.recorder = recorder
         self._lock = asyncio.Lock()
-
-    def observe(self, job: Job, wait: float | None, run: float | None) -> None:
-        if wait is not None:
-            self.wait.labels(job.queue).observe(wait)
-        if run is not None:
-            self.run.labels(job.queue, job.task).observe(run)
-        self.finished.labels(job.queue, _tenant(job.tenant), job.state.value).inc()
-        if job.attempt > 1:
-            self.retries.labels(job.queue).inc(job.attempt - 1)
-        lost = sum(1 for e in job.errors if e.type == "WorkerLost")
-        if lost:
-            self.lease_expiries.labels(job.queue).inc(lost)
+        self._task: asyncio.Task[None] | None = None
 
     async def render(self, ctx: WebContext) -> bytes:
         backend = await ctx.backend()
@@ -166,6 +163,12 @@ class Metrics:
         running = await backend.query(state=JobState.RUNNING, limit=_RUNNING_SCAN)
         now = await backend.now()
         seen = [presence.parse(k, v, now) for k, v in await backend.list_records(presence.KIND)]
+        # Our own counts are read from memory, not from our (up to 5 s old) record.
+        records = [
+            (k, v) for k, v in await backend.list_records(counting.KIND) if k != self.recorder.key
+        ]
+        counts = counting.total(records)
+        counts.add(self.recorder)
         snapshot = Snapshot(
             stats=stats,
             depth=depth,
@@ -175,4 +178,33 @@ class Metrics:
         )
         async with self._lock:  # no await between setting the snapshot and rendering it
             self.store.snapshot = snapshot
+            self.exact.counts = counts
             return generate_latest(self.registry)
+
+    # -- this server's record ------------------------------------------------------------
+    def start(self, ctx: WebContext) -> None:
+        self._task = asyncio.create_task(self._loop(ctx), name="conveyor-web-metrics")
+
+    async def stop(self, ctx: WebContext) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        with contextlib.suppress(Exception):
+            await self.recorder.publish_quietly(await ctx.backend(), force=True)
+
+    async def _loop(self, ctx: WebContext) -> None:
+        retention = ctx.app.defaults.result_ttl
+        folded_at = 0.0
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(counting.PUBLISH_INTERVAL)
+            try:
+                backend = await ctx.backend()
+                await self.recorder.publish(backend)
+                if retention is not None and loop.time() - folded_at > _FOLD_EVERY:
+                    folded_at = loop.time()
+                    await counting.fold_stale(backend, self.recorder.key, retention)
+            except Exception:  # a store hiccup must not end the publishing for good
+                log.warning("writing or folding metrics records failed", exc_info=True)

@@ -1,4 +1,5 @@
-"""Samples the store every few seconds for the dashboard's charts and /metrics.
+"""Samples the store every few seconds for the dashboard's charts (/metrics counts
+exactly instead: ``conveyor/metrics.py``).
 
 The store keeps job rows, not an event stream, so throughput and latency are measured
 by looking at the most recently enqueued finished jobs (``SAMPLE_WINDOW`` succeeded and
@@ -16,7 +17,6 @@ import logging
 import statistics
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -32,8 +32,6 @@ log = logging.getLogger("conveyor.web")
 SAMPLE_WINDOW = 500
 HISTORY = 180  # ticks kept for the charts (6 minutes at the default 2 s)
 _SEEN_MAX = SAMPLE_WINDOW * 8
-
-Observer = Callable[[Job, float | None, float | None], None]
 
 
 def wait_seconds(job: Job) -> float | None:
@@ -104,7 +102,6 @@ class Sampler:
         self.app = app
         self.interval = interval
         self.ticks: deque[Tick] = deque(maxlen=HISTORY)
-        self.observers: list[Observer] = []
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._primed = False
         self._last = time.monotonic()
@@ -149,8 +146,6 @@ class Sampler:
             wait, run = wait_seconds(job), run_seconds(job)
             tick.everyone.add(job, wait, run)
             tick.tenants.setdefault(job.tenant, Bucket()).add(job, wait, run)
-            for observe in self.observers:
-                observe(job, wait, run)
         self.ticks.append(tick)
         return tick
 

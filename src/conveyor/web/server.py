@@ -46,17 +46,18 @@ def create_app(
         sampler=Sampler(app, interval=sample_interval),
         public_metrics=public_metrics,
     )
-    metrics = Metrics()
-    ctx.sampler.observers.append(metrics.observe)
+    metrics = Metrics(ctx.counts)
 
     @asynccontextmanager
     async def lifespan(_server: FastAPI) -> AsyncIterator[None]:
         await app.backend()  # a store that cannot be opened fails the start-up
         ctx.sampler.start()
+        metrics.start(ctx)
         try:
             yield
         finally:
             await ctx.sampler.stop()
+            await metrics.stop(ctx)
             await app.close_async()
 
     server = FastAPI(
