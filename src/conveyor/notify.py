@@ -5,10 +5,20 @@ Workers emit an event once the store has accepted how an attempt ended:
 ``batch.finished`` when the job was a batch's merge job (its ``job_id`` is the batch's
 id), and ``job.timeout`` when a waiting job's deadline passed (``conveyor.Await``).
 The worker running maintenance also announces what it changed itself: ``job.timeout``
-and ``job.dead`` for jobs the reaper or the deadline expiry sent to dead. In the worker
-process, listeners registered with ``@app.on("job.succeeded")`` are called with an
-``Event``. Webhooks (records of kind ``webhook``, registered through the HTTP API) that
-match the event's name, tenant and queue each get a delivery *job* of the built-in task
+and ``job.dead`` for jobs the reaper or the deadline expiry sent to dead; and what the
+store changed on its own, from the store's outbox (``Backend.take_events``):
+``job.cancelled`` for a job cancelled while no worker held it (``cancel`` of a job that
+was not running, a dependent cancelled because its dependency failed), plus
+``batch.finished`` when that job is a batch's merge job (the batch failed: ``error`` is
+the merge job's ``DependencyFailed`` with ``failures``, the batch's failed jobs), and
+``job.cancelled`` for a running job the reaper cancelled (its worker was lost while a
+cancel was pending). Any other running job's cancellation is announced by its worker,
+never from the outbox: its own ``CANCELLED`` outcome, and also a retry, release or park
+that the store turned into ``cancelled`` because the cancel request came after the worker's
+last heartbeat (the worker reads the job back to tell). In the worker process,
+listeners registered with ``@app.on("job.succeeded")`` are called with an ``Event``.
+Webhooks (records of kind ``webhook``, registered through the HTTP API) that match the
+event's name, tenant and queue each get a delivery *job* of the built-in task
 ``conveyor.webhook``: delivery is durable, retried with backoff by the workers, and its
 attempts and errors are the delivery log (``GET /webhooks/{id}/deliveries``).
 
@@ -29,12 +39,12 @@ import logging
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from conveyor.backends.base import Backend, ClaimedJob, Outcome, OutcomeKind
-from conveyor.job import Job
+from conveyor.job import Job, JobState
 from conveyor.retry import Backoff, Fail
 from conveyor.serialize import loads
 from conveyor.task import EnqueueOptions, Signature
@@ -61,6 +71,10 @@ WEBHOOKS_TTL = 5.0
 DELIVERY_TIMEOUT = 10.0
 SIGNATURE_TOLERANCE = 300
 _FINAL_KINDS = (OutcomeKind.SUCCEEDED, OutcomeKind.DEAD, OutcomeKind.CANCELLED)
+#: Outcomes the store turns into ``cancelled`` when a cancel was requested while the
+#: attempt ran; the worker reads such jobs back after ``finish`` to tell (worker/loop.py
+#: ``Worker._cancelled_by_store``) and announces ``job.cancelled`` for them instead.
+MAY_BE_CANCELLED = frozenset({OutcomeKind.RETRY, OutcomeKind.RELEASED, OutcomeKind.PARKED})
 _EVENT_OF = {
     OutcomeKind.SUCCEEDED: "job.succeeded",
     OutcomeKind.RETRY: "job.retrying",
@@ -188,9 +202,17 @@ class Notifier:
 
     def wants(self, job: ClaimedJob, outcome: Outcome) -> bool:
         """Cheap test in the worker: may this outcome need announcing?"""
-        name = _EVENT_OF.get(outcome.kind)
-        if name is None or job.task == DELIVER_TASK:  # deliveries announce nothing
+        if job.task == DELIVER_TASK:  # deliveries announce nothing
             return False
+        name = _EVENT_OF.get(outcome.kind)
+        if name is not None and self._wants(job, outcome, name):
+            return True
+        if outcome.kind in MAY_BE_CANCELLED:  # the store may turn it into cancelled
+            cancelled = dataclasses.replace(outcome, kind=OutcomeKind.CANCELLED)
+            return self._wants(job, cancelled, "job.cancelled")
+        return False
+
+    def _wants(self, job: ClaimedJob, outcome: Outcome, name: str) -> bool:
         if self._stale() or self._webhooks or self.listeners.get(name):
             return True
         return bool(self.listeners.get(BATCH_FINISHED)) and _batch_end(job, outcome)
@@ -253,11 +275,11 @@ class Notifier:
             await backend.enqueue(deliveries)
 
 
-def _event(job: ClaimedJob, outcome: Outcome) -> Event | None:
-    name = _EVENT_OF.get(outcome.kind)
-    if name is None or job.task == DELIVER_TASK:  # deliveries announce nothing
+def _new_event(
+    name: str, job: ClaimedJob | Job, result: Any, error: dict[str, Any] | None
+) -> Event | None:
+    if job.task == DELIVER_TASK:  # deliveries announce nothing
         return None
-    error = loads(outcome.error_json) if outcome.error_json else None
     return Event(
         name=name,
         job_id=job.id,
@@ -266,9 +288,19 @@ def _event(job: ClaimedJob, outcome: Outcome) -> Event | None:
         tenant=job.tenant,
         attempt=job.attempt,
         at=time.time(),
-        result=loads(outcome.result_json) if outcome.result_json else None,
-        error=error if isinstance(error, dict) else None,
+        result=result,
+        error=error,
     )
+
+
+def _event(job: ClaimedJob, outcome: Outcome) -> Event | None:
+    """The event of an outcome a worker sent (and the store accepted)."""
+    name = _EVENT_OF.get(outcome.kind)
+    if name is None:
+        return None
+    error = loads(outcome.error_json) if outcome.error_json else None
+    result = loads(outcome.result_json) if outcome.result_json else None
+    return _new_event(name, job, result, error if isinstance(error, dict) else None)
 
 
 #: How a batch's merge job's arguments start (``workflow.results_marker`` for many
@@ -284,7 +316,12 @@ def _batch_end(job: ClaimedJob, outcome: Outcome) -> bool:
         marker = loads(job.args_json)[0]
     except (ValueError, IndexError, TypeError):
         return False
-    return is_marker(marker) and not marker.get("single", True)
+    return _merges_batch(marker)
+
+
+def _merges_batch(marker: Any) -> TypeGuard[dict[str, Any]]:
+    """Is ``marker`` (a job's first argument) the results marker of a batch's merge?"""
+    return isinstance(marker, dict) and is_marker(marker) and not marker.get("single", True)
 
 
 def _replace_name(event: Event, name: str) -> Event:
@@ -294,20 +331,43 @@ def _replace_name(event: Event, name: str) -> Event:
 def job_event(name: str, job: Job, error: dict[str, Any] | None = None) -> Event | None:
     """An event about a job read from the store (expired or reaped by the maintenance
     loop, completed from outside)."""
-    if job.task == DELIVER_TASK:
-        return None
     last = job.errors[-1].to_json() if error is None and job.errors else error
-    return Event(
-        name=name,
-        job_id=job.id,
-        task=job.task,
-        queue=job.queue,
-        tenant=job.tenant,
-        attempt=job.attempt,
-        at=time.time(),
-        result=job.result,
-        error=last,
+    return _new_event(name, job, job.result, last)
+
+
+def batch_chunks(job: Job) -> list[str] | None:
+    """The ids of the batch whose merge job ``job`` is (read from the store), else None."""
+    marker = job.args[0] if job.args else None
+    if not _merges_batch(marker):
+        return None
+    return [str(i) for i in marker.get("of") or ()]
+
+
+def batch_cancelled_event(merge: Job, chunks: Sequence[Job | None]) -> Event | None:
+    """``batch.finished`` for a batch whose merge job the store cancelled (a job of the
+    batch ended dead or cancelled, or someone cancelled the batch before it ran).
+
+    ``job_id`` is the batch's id; ``error`` is the merge job's last error (a
+    ``DependencyFailed`` naming the job that failed first) plus ``failures``: every job
+    of the batch that had failed by then, as ``{"job", "state", "type", "message"}``.
+    """
+    failures = [
+        {
+            "job": chunk.id,
+            "state": chunk.state.value,
+            "type": chunk.error.type if chunk.error else None,
+            "message": chunk.error.message if chunk.error else None,
+        }
+        for chunk in chunks
+        if chunk is not None and chunk.state in (JobState.DEAD, JobState.CANCELLED)
+    ]
+    error: dict[str, Any] = (
+        merge.errors[-1].to_json()
+        if merge.errors
+        else {"type": "Cancelled", "message": f"batch {merge.id} cancelled"}
     )
+    error["failures"] = failures
+    return job_event(BATCH_FINISHED, merge, error)
 
 
 def install(app: App) -> Notifier:

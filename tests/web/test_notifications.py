@@ -216,6 +216,54 @@ def test_webhook_is_signed_retried_and_logged(
     assert delivery["result"]["status"] == 200
 
 
+def test_a_failed_batch_is_posted_to_its_webhook_once(served: Running) -> None:
+    """The store cancels the merge job when a chunk dies: the maintenance loop drains
+    the outbox and the webhook gets one ``batch.finished`` with the chunk's error."""
+    app = served.app
+
+    @app.task(name="part", max_attempts=1)
+    def part(items: list[int]) -> int:
+        if 2 in items:
+            raise ValueError("bad item 2")
+        return sum(items)
+
+    @app.task(name="join")
+    def join(results: list[int]) -> int:
+        raise AssertionError("must not run")
+
+    receiver = Receiver([])
+    org7 = served.client(served.org7)
+    events = ["batch.finished"]
+    response = org7.post("/webhooks", json={"url": receiver.url, "events": events})
+    assert response.status_code == 201, response.text
+    secret = response.json()["secret"]
+    worker = conveyor.Worker(
+        app, poll_interval=0.05, maintenance_interval=0.05, handle_signals=False
+    )
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        batch = app.map(part, [1, 2, 3], chunk_size=1, then=join, tenant="org-7")
+        receiver.wait_for(1)
+        time.sleep(0.5)  # nothing else is coming
+    finally:
+        worker.stop()
+        thread.join(30)
+        receiver.close()
+    [(headers, body)] = receiver.requests
+    assert notify.verify(
+        secret, headers["X-Conveyor-Timestamp"], body, headers["X-Conveyor-Signature"]
+    )
+    event = json.loads(body)
+    assert (event["event"], event["job_id"], event["tenant"]) == (
+        "batch.finished",
+        batch.id,
+        "org-7",
+    )
+    [failure] = event["error"]["failures"]
+    assert (failure["job"], failure["type"]) == (batch.jobs[1].id, "ValueError")
+
+
 def test_signature_check_refuses_tampering_and_old_deliveries() -> None:
     body = b'{"event":"job.dead"}'
     now = 1_700_000_000

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Depends, Path
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from conveyor.errors import CompletionRefused
-from conveyor.job import JobState
+from conveyor.job import Job, JobState
 from conveyor.serialize import PayloadTooLarge
 from conveyor.web.context import ApiError, WebContext, context
 from conveyor.web.schemas import Problem
@@ -85,6 +85,7 @@ class CompletionOut(BaseModel):
 async def complete(job_id: JobId, body: CompleteIn, ctx: Ctx) -> CompletionOut:
     """Complete a ``waiting`` job with its result (needs its completion token, no API
     token)."""
+    before = await (await ctx.backend()).get(job_id)
     try:
         await ctx.app.complete_external_async(job_id, body.token, body.result)
     except PayloadTooLarge as exc:
@@ -94,6 +95,7 @@ async def complete(job_id: JobId, body: CompleteIn, ctx: Ctx) -> CompletionOut:
         raise ApiError(422, detail) from None
     except CompletionRefused as exc:
         raise _refused(exc) from None
+    _count(ctx, before, "succeeded")
     return await _answer(ctx, job_id)
 
 
@@ -102,10 +104,14 @@ async def fail(job_id: JobId, body: FailIn, ctx: Ctx) -> CompletionOut:
     """Fail a ``waiting`` job: retried by its task's policy, or ``dead`` with
     ``retry: false`` (needs its completion token, no API token)."""
     error = body.error.model_dump() if isinstance(body.error, ErrorIn) else body.error
+    before = await (await ctx.backend()).get(job_id)
     try:
         await ctx.app.fail_external_async(job_id, body.token, error, retry=body.retry)
     except CompletionRefused as exc:
         raise _refused(exc) from None
+    # The store's rule (as for a worker's outcome): a retry with no attempts left is dead.
+    last = before is not None and before.attempt >= before.max_attempts
+    _count(ctx, before, "retry" if body.retry and not last else "dead")
     return await _answer(ctx, job_id)
 
 
@@ -117,3 +123,15 @@ async def _answer(ctx: WebContext, job_id: str) -> CompletionOut:
     job = await (await ctx.backend()).get(job_id)
     # Purged at once (result_ttl=0) is still a completion that applied.
     return CompletionOut(id=job_id, state=job.state if job else JobState.SUCCEEDED)
+
+
+def _count(ctx: WebContext, job: Job | None, outcome: str) -> None:
+    """Count an applied completion for /metrics (``conveyor/metrics.py``). ``job`` was
+    read just before: afterwards a retried job may already run again, or be purged."""
+    if job is None:  # applied, so it existed: gone in between (deleted), labels unknown
+        queue, task, tenant = "", "", ""
+    else:
+        queue, task, tenant = job.queue, job.task, job.tenant or ""
+    ctx.counts.inc("external_completions", (queue, task, outcome))
+    if outcome != "retry":
+        ctx.counts.inc("jobs_finished", (queue, tenant, outcome))
