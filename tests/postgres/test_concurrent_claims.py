@@ -105,14 +105,16 @@ async def test_eight_concurrent_claimers_never_overshoot_caps(
         if by_tenant["limited"] > TENANT_CAP:
             violations.append(f"tenant limited: {by_tenant['limited']} > {TENANT_CAP}")
 
-    async def finish(backend: PostgresBackend, jobs_: list[ClaimedJob]) -> None:
+    def outcomes_of(jobs_: list[ClaimedJob]) -> list[Outcome]:
         for job in jobs_:
             held.pop(job.id)
             done.add(job.id)
-        outcomes = [
+        return [
             Outcome(j.id, j.lease_token, OutcomeKind.SUCCEEDED, result_json="null") for j in jobs_
         ]
-        assert await backend.finish(outcomes) == [True] * len(jobs_)
+
+    async def finish(backend: PostgresBackend, jobs_: list[ClaimedJob]) -> None:
+        assert await backend.finish(outcomes_of(jobs_)) == [True] * len(jobs_)
 
     async def claimer(backend: PostgresBackend, name: str) -> None:
         mine: list[ClaimedJob] = []
@@ -120,21 +122,34 @@ async def test_eight_concurrent_claimers_never_overshoot_caps(
             if len(done) == len(jobs):
                 break
             queues = ["default", "other"] if rng.random() < 0.5 else ["other", "default"]
-            got = await backend.claim(
-                queues, rng.randint(1, 5), worker=name, lease=60.0, task_caps=TASK_CAPS
-            )
+            limit = rng.randint(1, 5)
+            # Finish some of what we hold, so slots free up while others claim: half of
+            # the time in the claim's own transaction (finish_and_claim), as workers do.
+            rng.shuffle(mine)
+            cut = rng.randint(0, len(mine))
+            finishing, mine = mine[:cut], mine[cut:]
+            if finishing and rng.random() < 0.5:
+                applied, got = await backend.finish_and_claim(
+                    outcomes_of(finishing),
+                    queues,
+                    limit,
+                    worker=name,
+                    lease=60.0,
+                    task_caps=TASK_CAPS,
+                )
+                assert applied == [True] * len(finishing)
+            else:
+                if finishing:
+                    await finish(backend, finishing)
+                got = await backend.claim(
+                    queues, limit, worker=name, lease=60.0, task_caps=TASK_CAPS
+                )
             for job in got:
                 assert job.id not in held, f"{job.id} claimed while held by another claimer"
                 assert job.id not in done, f"{job.id} claimed again after it succeeded"
                 held[job.id] = job
                 mine.append(job)
             await check()
-            # Finish some of what we hold, so slots free up while others claim.
-            rng.shuffle(mine)
-            cut = rng.randint(0, len(mine))
-            finishing, mine = mine[:cut], mine[cut:]
-            if finishing:
-                await finish(backend, finishing)
             await asyncio.sleep(0)
         await finish(backend, mine)
 

@@ -30,6 +30,22 @@ async def test_idle_pickup_is_pushed_not_polled(open_pg: OpenPG) -> None:
     assert statistics.median(delays) < 0.2, delays
 
 
+async def test_only_a_backend_that_claims_listens(open_pg: OpenPG) -> None:
+    """A producer's backend opens no LISTEN connection, so the NOTIFY of each of its
+    enqueues is not delivered back to it; the first claim starts one, before it takes
+    the mark that wait_for_work compares against."""
+    backend = await open_pg()
+    await backend.enqueue([new_job(), new_job()])
+    assert backend._listener is None
+    assert len(await backend.claim(["default"], 1, worker="w", lease=30.0)) == 1
+    listener = backend._listener
+    assert listener is not None and listener.is_up()
+    assert len(await backend.claim(["default"], 1, worker="w", lease=30.0)) == 1
+    assert backend._listener is listener  # started once
+    await backend.close()
+    assert backend._listener is None
+
+
 async def test_other_queues_do_not_wake_the_waiter(open_pg: OpenPG) -> None:
     waiter, producer = await open_pg(), await open_pg()
     assert await waiter.claim(["default"], 1, worker="w", lease=30.0) == []

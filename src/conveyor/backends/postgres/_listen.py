@@ -41,14 +41,20 @@ class Snapshot:
     xmin: int
     xmax: int
     in_progress: frozenset[int]
+    #: The claim's own transaction, when it also wrote (a finish claimed after in the
+    #: same transaction): what it notified, the claim saw.
+    own: int | None = None
 
     @classmethod
-    def parse(cls, text: str) -> Snapshot:
+    def parse(cls, text: str, own: str | None = None) -> Snapshot:
         xmin, xmax, xip = text.split(":")
-        return cls(int(xmin), int(xmax), frozenset(int(x) for x in xip.split(",") if x))
+        in_progress = frozenset(int(x) for x in xip.split(",") if x)
+        return cls(int(xmin), int(xmax), in_progress, int(own) if own else None)
 
     def saw_commit_of(self, xid: int) -> bool:
-        return xid < self.xmin or (xid < self.xmax and xid not in self.in_progress)
+        return (
+            xid < self.xmin or (xid < self.xmax and xid not in self.in_progress) or xid == self.own
+        )
 
 
 @dataclass(slots=True)

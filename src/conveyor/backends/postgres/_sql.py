@@ -67,6 +67,7 @@ class Queries:
     heartbeat: str
     progress: str
     finish: str
+    finish_claim: str
     reap: str
     promote: str
     next_due: str

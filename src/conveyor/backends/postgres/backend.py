@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import math
 import random
@@ -40,6 +41,7 @@ from psycopg.rows import tuple_row
 from psycopg_pool import AsyncConnectionPool
 
 from conveyor.backends.base import (
+    OUTBOX_RETENTION,
     Backend,
     Capabilities,
     ClaimedJob,
@@ -55,6 +57,7 @@ from conveyor.backends.base import (
     QueueStats,
     RateBucket,
     RetryDelay,
+    StoreEvent,
     depth_counts,
     external_refusal,
 )
@@ -91,6 +94,12 @@ class PostgresBackend(Backend):
         transactional_enqueue=True,
         external_completion=True,
     )
+    #: A cycle (finish_and_claim) costs the server mostly per call (a transaction, the
+    #: claim's locks and fairness bookkeeping, a commit), little per job: with no-op
+    #: jobs, batches of about 80 instead of 10 cut its CPU per job by about 2.5x and the
+    #: worker's by about 2x (docs/postgres.md, "Performance"). The worker buffers that
+    #: many only for jobs that take well under a millisecond (``_PREFETCH_MAX_WAIT``).
+    prefetch_per_slot = 16
     transient_errors = (
         psycopg.OperationalError,  # includes PoolTimeout, deadlocks, admin shutdown
         psycopg.InterfaceError,
@@ -108,6 +117,7 @@ class PostgresBackend(Backend):
         self._q = _sql.Queries.load(self.schema)
         self._pool: AsyncConnectionPool[Conn] | None = None
         self._listener: Listener | None = None
+        self._listener_lock = asyncio.Lock()
         self._mark: Mark | None = None  # where the last claim started (see _listen.py)
         self._checks: set[asyncio.Task[None]] = set()
         #: Tasks with a concurrency cap, as the last claim passed them: a finish of one
@@ -173,12 +183,28 @@ class PostgresBackend(Backend):
         try:
             async with pool.connection() as conn:
                 await migrate_on(conn, self.schema)
-            listener = Listener(self._conninfo, self.channel)
-            await listener.start()
         except BaseException:
             await pool.close()
             raise
-        self._pool, self._listener = pool, listener
+        self._pool = pool
+
+    async def _listening(self) -> Listener | None:
+        """The LISTEN connection, started by the first claim (or wait for work), before
+        that claim takes its mark, so no wake-up after it is missed. A backend that
+        never claims (a producer's) never listens: otherwise the NOTIFY of each of its
+        own enqueues came back to it, a wake-up per job for nothing (measured: about 40 %
+        of the CPU of a single async enqueue, see docs/postgres.md, "Performance")."""
+        if self._listener is None and self._pool is not None:
+            async with self._listener_lock:
+                pool = self._pool
+                if self._listener is None and pool is not None:
+                    listener = Listener(self._conninfo, self.channel)
+                    await listener.start()
+                    if self._pool is not pool:  # closed meanwhile
+                        await listener.stop()
+                        return None
+                    self._listener = listener
+        return self._listener
 
     async def close(self) -> None:
         listener, self._listener = self._listener, None
@@ -329,43 +355,80 @@ class PostgresBackend(Backend):
         lease: float,
         task_caps: Mapping[str, int] | None = None,
     ) -> list[ClaimedJob]:
-        mark = self._listener.mark() if self._listener is not None else None
-        self._mark = mark
+        return await self._claim(queues, limit, worker, lease, task_caps)
+
+    async def _claim(
+        self,
+        queues: Sequence[str],
+        limit: int,
+        worker: str,
+        lease: float,
+        task_caps: Mapping[str, int] | None,
+    ) -> list[ClaimedJob]:
+        await self._listening()
+        mark, params = self._claim_params(queues, limit, worker, lease, task_caps)
         if limit <= 0 or not queues:
             return []
+        rows = await self._rows(self._q.claim, params)
+        if mark is not None and rows:
+            mark.snapshot = Snapshot.parse(rows[0][0])
+        return _claimed(rows, 1)
+
+    def _claim_params(
+        self,
+        queues: Sequence[str],
+        limit: int,
+        worker: str,
+        lease: float,
+        task_caps: Mapping[str, int] | None,
+    ) -> tuple[Mark | None, dict[str, Any]]:
+        """The claim's parameters, shared by ``claim`` and ``finish_and_claim``; marks
+        where this claim started for ``wait_for_work`` (see _listen.py), even for a
+        claim that asks for nothing."""
+        mark = self._listener.mark() if self._listener is not None else None
+        self._mark = mark
         caps = dict(task_caps or {})
         self._capped_tasks = sorted(caps)
-        params = {
-            "queues": list(queues),
+        return mark, {
+            "queues": _text_array(tuple(queues)),
             "limit": limit,
-            "cap_tasks": list(caps),
-            "cap_limits": list(caps.values()),
+            "cap_tasks": _text_array(tuple(caps)),
+            "cap_limits": _int_array(tuple(caps.values())),
             "worker": worker,
             "lease": lease,
             "now": self._now(),
         }
-        rows = await self._rows(self._q.claim, params)
-        if mark is not None and rows:
-            mark.snapshot = Snapshot.parse(rows[0][0])
-        return [
-            ClaimedJob(
-                id=r[1],
-                task=r[2],
-                queue=r[3],
-                tenant=r[4] or None,
-                priority=r[5],
-                args_json=r[6],
-                kwargs_json=r[7],
-                attempt=r[8],
-                max_attempts=r[9],
-                timeout=r[10],
-                lease_token=r[11],
-                lease_expires_at=r[12],
-                enqueued_at=r[13],
-            )
-            for r in rows
-            if r[1] is not None
-        ]
+
+    async def finish_and_claim(
+        self,
+        outcomes: Sequence[Outcome],
+        queues: Sequence[str],
+        limit: int,
+        *,
+        worker: str,
+        lease: float,
+        task_caps: Mapping[str, int] | None = None,
+    ) -> tuple[list[bool], list[ClaimedJob]]:
+        """One statement (``conveyor_finish_claim``), one transaction, one commit."""
+        if (
+            not outcomes
+            or limit <= 0
+            or not queues
+            or any(o.kind is OutcomeKind.PARKED for o in outcomes)
+        ):
+            # Outcomes first, then the claim, as the protocol says. (The inner methods,
+            # not the public ones: callers that wrap those see one call either way.)
+            applied = await self._finish(outcomes) if outcomes else []
+            return applied, await self._claim(queues, limit, worker, lease, task_caps)
+        await self._listening()
+        mark, params = self._claim_params(queues, limit, worker, lease, task_caps)
+        # After _claim_params: the finish's wake-up test uses this claim's capped tasks.
+        rows = await self._rows(self._q.finish_claim, {**self._finish_params(outcomes), **params})
+        applied_ids, applied_tokens, snapshot, own_xid = rows[0][:4]
+        if mark is not None:
+            mark.snapshot = Snapshot.parse(snapshot, own_xid)
+        held = set(zip(applied_ids, applied_tokens, strict=True))
+        return [(o.id, o.lease_token) in held for o in outcomes], _claimed(rows, 4)
 
     async def heartbeat(self, leases: Sequence[Lease], *, lease: float) -> HeartbeatReply:
         if not leases:
@@ -384,29 +447,42 @@ class PostgresBackend(Backend):
         )
 
     async def finish(self, outcomes: Sequence[Outcome]) -> list[bool]:
+        return await self._finish(outcomes)
+
+    async def _finish(self, outcomes: Sequence[Outcome]) -> list[bool]:
         if not outcomes:
             return []
         if any(o.kind is OutcomeKind.PARKED for o in outcomes):
             return await self._finish_with_parks(outcomes)
-        params = {
-            "now": self._now(),
-            "chan": self.channel,
-            "ids": [o.id for o in outcomes],
-            "tokens": [o.lease_token for o in outcomes],
-            "kinds": [o.kind.value for o in outcomes],
-            "results": [o.result_json for o in outcomes],
-            "errors": [o.error_json for o in outcomes],
-            "delays": [float(o.retry_delay) for o in outcomes],
-            "capped_tasks": self._capped_tasks,
-        }
-        rows = await self._rows(self._q.finish, params)
+        rows = await self._rows(self._q.finish, self._finish_params(outcomes))
         applied = {(job_id, token) for job_id, token in rows}
         return [(o.id, o.lease_token) in applied for o in outcomes]
+
+    def _finish_params(self, outcomes: Sequence[Outcome]) -> dict[str, Any]:
+        # One JSON document (json.dumps is C) instead of six lists: psycopg adapts each
+        # list element by element in Python, which cost several times more per cycle.
+        document = [
+            {
+                "id": o.id,
+                "token": o.lease_token,
+                "kind": o.kind.value,
+                "result": o.result_json,
+                "error": o.error_json,
+                "delay": _json_float(o.retry_delay),
+            }
+            for o in outcomes
+        ]
+        return {
+            "now": self._now(),
+            "chan": self.channel,
+            "outcomes": json.dumps(document),
+            "capped_tasks": _text_array(tuple(self._capped_tasks)),
+        }
 
     async def _finish_with_parks(self, outcomes: Sequence[Outcome]) -> list[bool]:
         """Parks (rare) go through their own statement; the rest through ``finish``."""
         others = [o for o in outcomes if o.kind is not OutcomeKind.PARKED]
-        done = iter(await self.finish(others))
+        done = iter(await self._finish(others))
         applied = []
         for out in outcomes:
             if out.kind is not OutcomeKind.PARKED:
@@ -496,7 +572,7 @@ class PostgresBackend(Backend):
     async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, timeout)
-        listener = self._listener
+        listener = await self._listening()
         if listener is None or not listener.is_up():
             await self._poll_sleep(timeout)
             return
@@ -555,6 +631,9 @@ class PostgresBackend(Backend):
         await self._rowcount(self._q.fold_totals, {})
         await self._rowcount(self._q.prune_totals, {})
         await self._rowcount(self._q.purge_key_windows, {"now": self._now()})
+        await self._rowcount(
+            _OUTBOX["purge_outbox"], {"now": self._now(), "retention": OUTBOX_RETENTION}
+        )
         return total
 
     async def try_lock(self, name: str, owner: str, ttl: float) -> bool:
@@ -669,6 +748,16 @@ class PostgresBackend(Backend):
             settings = await cur.fetchall()
         return build_stats(counts, settings, float(now_row[0]))
 
+    # -- the outbox: events the store produced itself; statements in outbox.sql ---------
+    async def take_events(self, limit: int) -> list[StoreEvent]:
+        rows = await self._rows(_OUTBOX["take_events"], {"limit": max(0, limit)})
+        return [StoreEvent(ref=str(seq), name=name, job_id=job_id) for seq, name, job_id in rows]
+
+    async def ack_events(self, refs: Sequence[str]) -> None:
+        seqs = [int(ref) for ref in refs if ref.isdigit()]
+        if seqs:
+            await self._rowcount(_OUTBOX["ack_events"], {"seqs": seqs})
+
     # -- records: small JSON documents (API tokens, ...); statements in records.sql ----
     async def put_record(self, kind: str, key: str, value_json: str) -> None:
         params = {"kind": kind, "key": key, "value": value_json, "now": self._now()}
@@ -712,6 +801,51 @@ def _pivot_counts(rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     return [(queue, tenant, *values) for (queue, tenant), values in by_pair.items()]
 
 
+@functools.lru_cache(maxsize=64)
+def _text_array(values: tuple[str, ...]) -> str:
+    """``values`` as a PostgreSQL array literal (sent as text, cast to ``text[]``).
+
+    A worker sends the same queues and caps every cycle: the literal is made once,
+    where psycopg would adapt a list element by element on every call."""
+    quoted = ('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values)
+    return "{" + ",".join(quoted) + "}"
+
+
+@functools.lru_cache(maxsize=64)
+def _int_array(values: tuple[int, ...]) -> str:
+    return "{" + ",".join(str(int(v)) for v in values) + "}"
+
+
+def _json_float(value: float) -> float | str:
+    """A float for JSON; infinities and NaN (not JSON) as the strings float8 reads."""
+    value = float(value)
+    return value if math.isfinite(value) else str(value)
+
+
+def _claimed(rows: Sequence[tuple[Any, ...]], start: int) -> list[ClaimedJob]:
+    """The jobs of claim result rows whose job columns begin at column ``start`` (a
+    row of NULLs there stands for no job)."""
+    return [
+        ClaimedJob(
+            id=r[start],
+            task=r[start + 1],
+            queue=r[start + 2],
+            tenant=r[start + 3] or None,
+            priority=r[start + 4],
+            args_json=r[start + 5],
+            kwargs_json=r[start + 6],
+            attempt=r[start + 7],
+            max_attempts=r[start + 8],
+            timeout=r[start + 9],
+            lease_token=r[start + 10],
+            lease_expires_at=r[start + 11],
+            enqueued_at=r[start + 12],
+        )
+        for r in rows
+        if r[start] is not None
+    ]
+
+
 def _no_workflow_in_transaction(jobs: Sequence[NewJob]) -> None:
     if any(job.after or job.unique_for is not None for job in jobs):
         raise ValueError(
@@ -742,4 +876,7 @@ def _key_taken(job_id: str, key: str, holder: str) -> InvalidTransition:
 
 _RECORDS = _sql.parse_named(
     files("conveyor.backends.postgres").joinpath("records.sql").read_text(encoding="utf-8")
+)
+_OUTBOX = _sql.parse_named(
+    files("conveyor.backends.postgres").joinpath("outbox.sql").read_text(encoding="utf-8")
 )

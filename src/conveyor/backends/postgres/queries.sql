@@ -97,86 +97,34 @@ WHERE id = %(id)s AND lease_token = %(token)s AND state = 'running';
 
 
 -- name: finish
--- Applies outcomes (parallel arrays ids, tokens, kinds, results, errors, delays), each
--- only if its lease token still holds the running job. Every column is computed from
--- the row as it is when updated (not from an earlier read), so a cancel request that
--- commits meanwhile still wins. Returns (id, token) of the outcomes applied.
--- Wakes a queue only when waiting workers may now claim more there: a job went back to
--- queued, or a slot of a capped task (%(capped_tasks)s: the tasks with a concurrency
--- cap that this instance's claims know of) or of a tenant with max_running freed up.
--- Plain completions notify nobody: a busy worker claims again as soon as a slot frees,
--- and a NOTIFY per finish costs every listener a wake-up for nothing.
--- Jobs that end succeeded or dead are counted into job_totals here (cancelled ones by
--- the jobs_count_finished trigger).
-WITH t AS (SELECT conveyor_now(%(now)s) AS now),
-o AS (
-    SELECT * FROM unnest(
-        %(ids)s::text[], %(tokens)s::text[], %(kinds)s::text[], %(results)s::text[],
-        %(errors)s::text[], %(delays)s::float8[]
-    ) AS o(id, token, kind, result, error, delay)
-),
-done AS (
-    UPDATE jobs AS j
-    SET state = conveyor_finish_state(o.kind, j.cancel_requested, j.attempt,
-                                      j.max_attempts, o.delay),
-        attempt = CASE WHEN o.kind = 'released' THEN greatest(j.attempt - 1, 0)
-                       ELSE j.attempt END,
-        result_json = CASE WHEN o.kind = 'succeeded' THEN o.result ELSE j.result_json END,
-        run_at = CASE conveyor_finish_state(o.kind, j.cancel_requested, j.attempt,
-                                            j.max_attempts, o.delay)
-                     WHEN 'retrying' THEN t.now + o.delay ELSE j.run_at END,
-        ready_at = CASE conveyor_finish_state(o.kind, j.cancel_requested, j.attempt,
-                                              j.max_attempts, o.delay)
-                       WHEN 'queued' THEN t.now ELSE j.ready_at END,
-        priority = CASE WHEN o.kind IN ('retry', 'released') THEN j.base_priority
-                        ELSE j.priority END,
-        age_at = CASE WHEN j.base_priority > 0
-                           AND conveyor_finish_state(o.kind, j.cancel_requested, j.attempt,
-                                                     j.max_attempts, o.delay) = 'queued'
-                      THEN t.now + (SELECT q.aging FROM queues AS q WHERE q.name = j.queue)
-                 END,
-        finished_at = CASE WHEN conveyor_finish_state(o.kind, j.cancel_requested, j.attempt,
-                                                      j.max_attempts, o.delay)
-                                IN ('succeeded', 'dead', 'cancelled')
-                           THEN t.now ELSE j.finished_at END,
-        expires_at = CASE WHEN conveyor_finish_state(o.kind, j.cancel_requested, j.attempt,
-                                                     j.max_attempts, o.delay)
-                               IN ('succeeded', 'cancelled')
-                          THEN t.now + j.result_ttl ELSE j.expires_at END,
-        errors = CASE WHEN o.error IS NULL OR o.kind IN ('succeeded', 'released')
-                      THEN j.errors ELSE j.errors || jsonb_build_array(o.error::jsonb) END,
-        lease_token = NULL,
-        lease_expires_at = NULL
-    FROM o, t
-    WHERE j.id = o.id AND j.lease_token = o.token AND j.state IS NOT DISTINCT FROM 'running'
-    RETURNING j.id, o.token, j.queue, j.tenant, j.task, j.state
-),
-totals AS (
-    INSERT INTO job_totals AS c (queue, tenant, state, shard, n)
-    SELECT d.queue, d.tenant, d.state, pg_backend_pid(), count(*) FROM done AS d
-    WHERE d.state IN ('succeeded', 'dead')
-    GROUP BY d.queue, d.tenant, d.state ORDER BY d.queue, d.tenant, d.state
-    ON CONFLICT (queue, tenant, state, shard) DO UPDATE SET n = c.n + excluded.n
-),
-woken AS (
-    SELECT pg_notify(%(chan)s, w.queue || ' ' || pg_current_xact_id())
-    FROM (
-        SELECT DISTINCT d.queue FROM done AS d
-        WHERE d.state = 'queued'
-           OR d.task = ANY (%(capped_tasks)s::text[])
-           OR EXISTS (SELECT 1 FROM tenants AS t
-                      WHERE t.queue = d.queue AND t.tenant = d.tenant
-                        AND t.max_running IS NOT NULL)
-    ) AS w
-)
-SELECT d.id, d.token FROM done AS d WHERE (SELECT count(*) FROM woken) >= 0;
+-- See conveyor_finish in schema.sql: %(outcomes)s (a JSON array of {id, token, kind,
+-- result, error, delay}) applied where the lease token still holds; returns (id, token)
+-- of the outcomes applied. Wakes %(capped_tasks)s' queues when a slot frees.
+SELECT f.job_id, f.job_token
+FROM conveyor_finish(%(outcomes)s::json, %(capped_tasks)s::text[], %(chan)s::text,
+                     %(now)s::float8) AS f;
+
+
+-- name: finish_claim
+-- See conveyor_finish_claim in schema.sql: the finish's parameters, then the claim's.
+-- Rows as the claim's, after four columns that only the first row fills: the applied
+-- outcomes' ids and tokens, the claim's snapshot and this transaction's id.
+-- Array parameters of the claim (queues, cap_tasks, cap_limits) arrive as array
+-- literals (text), which the worker sends unchanged every cycle.
+SELECT * FROM conveyor_finish_claim(
+    %(outcomes)s::json, %(capped_tasks)s::text[], %(chan)s::text, %(queues)s::text[],
+    %(limit)s, %(cap_tasks)s::text[], %(cap_limits)s::integer[], %(worker)s,
+    %(lease)s::float8, %(now)s::float8
+);
 
 
 -- name: reap
 -- Expired leases (lease_expires_at <= now): back to queued, dead when no attempt is
 -- left, cancelled when a cancel was requested; records the WorkerLost error. Found
 -- through jobs_running (running jobs are few). Returns how many were reaped, and the
--- ids of those sent to dead (announced as job.dead by the worker).
+-- ids of those sent to dead (announced as job.dead by the worker). Those cancelled
+-- (their worker was lost while a cancel was pending) are recorded in the outbox here:
+-- the outbox trigger leaves running -> cancelled out, and no worker will announce them.
 -- Dead ones are counted into job_totals here (cancelled ones by the trigger).
 WITH t AS (SELECT conveyor_now(%(now)s) AS now),
 reaped AS (
@@ -213,6 +161,10 @@ totals AS (
     WHERE r.state = 'dead'
     GROUP BY r.queue, r.tenant, r.state ORDER BY r.queue, r.tenant, r.state
     ON CONFLICT (queue, tenant, state, shard) DO UPDATE SET n = c.n + excluded.n
+),
+announced AS (
+    INSERT INTO outbox (event, job_id, recorded_at)
+    SELECT 'job.cancelled', r.id, t.now FROM reaped AS r, t WHERE r.state = 'cancelled'
 ),
 woken AS (
     SELECT pg_notify(%(chan)s, w.queue || ' ' || pg_current_xact_id())
