@@ -137,7 +137,10 @@ def _forge_redis(
                 },
             )
             tx.zadd(f"{qp}l:5:0::{task}", {job_id: 0})  # lane: l:prio:#tenant:tenant:task
-            tx.zadd(qp + "t:5:", {task: 0})  # the (prio, tenant)'s tasks with ready jobs
+            # The (prio, tenant)'s tasks with ready jobs, in the form of stores written
+            # before the 't1:<prio>' hash (which the scripts still read): enqueue.lua
+            # now keeps a tenant's one task in 't1:5' instead.
+            tx.zadd(qp + "t:5:", {task: 0})
             tx.zadd(qp + "p:5", {"": vtime}, nx=True)  # tenants ready at prio 5
             tx.zadd(qp + "r:", {job_id: stamp})  # the tenant's ready jobs
             tx.hincrby(qp + "cnt", "queued:", 1)

@@ -97,6 +97,8 @@ def test_cluster_urls() -> None:
         ("redis://a:7000/0?node=b:1", "needs cluster=1"),
         ("redis://a:7000/0?cluster=1&node=b", "write node=host:port"),
         ("redis://a:7000/0?cluster=maybe", "cluster=1 or cluster=0"),
+        ("redis://a:7000/0?cluster=1&read_from_replicas=0", "every command goes to the primary"),
+        ("redis://a:7000/0?cluster=1&load_balancing_strategy=1", "replicas may not have"),
     ]:
         with pytest.raises(ValueError, match=message):
             RedisOptions.parse(bad)

@@ -44,3 +44,24 @@ async def test_purge_forgets_idle_tenants_but_keeps_debts(store_url: str) -> Non
             client.close()
     finally:
         await backend.close()
+
+
+async def test_purge_drops_outbox_entries_past_the_retention(store_url: str) -> None:
+    """Stream ids are the server's milliseconds: an entry from long ago (written here
+    with an explicit old id) goes, a fresh one stays."""
+    backend = create_backend(store_url)
+    await backend.open()
+    try:
+        outbox = backend.keys.outbox  # type: ignore[attr-defined]
+        client = redis.Redis.from_url(store_url.split("?", 1)[0], decode_responses=True)
+        try:
+            client.xadd(outbox, {"e": "job.cancelled", "id": "ancient"}, id="1000-0")
+        finally:
+            client.close()
+        fresh = job("t")
+        await backend.enqueue([fresh])
+        await backend.cancel(fresh.id)
+        await backend.purge()
+        assert [e.job_id for e in await backend.take_events(10)] == [fresh.id]
+    finally:
+        await backend.close()

@@ -7,6 +7,8 @@ import logging
 import pytest
 import redis.exceptions
 
+import conveyor
+import redis
 from conveyor.backends import create_backend
 from conveyor.backends.base import NewJob
 from conveyor.backends.redis import RedisBackend, UnsafeServerError
@@ -94,3 +96,48 @@ def test_url_options() -> None:
     assert RedisBackend("redis://localhost").options.prefix == "conveyor"
     with pytest.raises(ValueError):
         RedisBackend("redis://localhost/0?prefix=")
+
+
+def test_the_sync_enqueue_checks_the_server_too(private_redis: StartRedis) -> None:
+    """The sync fast path opens its own connections; it refuses the same servers."""
+    server = private_redis(["--maxmemory-policy", "allkeys-lru"])
+    app = conveyor.App(server.url)
+    try:
+        with pytest.raises(UnsafeServerError, match="allkeys-lru"):
+            app.enqueue("t")
+    finally:
+        app.close()
+
+
+def test_the_sync_check_reads_info_where_config_is_disabled(private_redis: StartRedis) -> None:
+    server = private_redis(["--maxmemory-policy", "allkeys-lru", "--rename-command", "CONFIG", ""])
+    app = conveyor.App(server.url)
+    try:
+        with pytest.raises(UnsafeServerError, match="allkeys-lru"):
+            app.enqueue("t")
+    finally:
+        app.close()
+
+
+def test_the_sync_enqueue_never_borrows_from_redis_py_pool(
+    private_redis: StartRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pool's readiness poll of a brand-new TLS connection can take the server's
+    TLS 1.3 session ticket for stale data ("Connection not ready"), at random: the sync
+    path runs its checks, script load and calls on connections it made itself."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a connection was borrowed from redis-py's pool")
+
+    monkeypatch.setattr(redis.ConnectionPool, "get_connection", refuse)
+    server = private_redis(["--appendonly", "yes"])
+    app = conveyor.App(server.url)
+    try:
+        handle = app.enqueue("t", [1])
+        admin = redis.Redis.from_url(server.url).connection_pool.make_connection()
+        admin.send_command("SCRIPT", "FLUSH")  # NOSCRIPT next: loaded again
+        assert admin.read_response() in ("OK", b"OK")
+        admin.disconnect()
+        assert app.enqueue("t", [2]).id != handle.id
+    finally:
+        app.close()

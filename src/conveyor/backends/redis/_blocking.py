@@ -3,21 +3,25 @@
 The sync ``App.enqueue`` otherwise hands every call to a background event loop and
 blocks for the answer; those two thread hand-offs cost more than the enqueue itself.
 Here the calling thread runs the same ``enqueue.lua`` over redis-py's sync client
-(hiredis parser). Its connection pool is thread-safe (each call borrows a connection)
-and starts over in a forked child, so many threads and pre-forking servers may share one
-``App``. Arguments are encoded by the same function as the async path, so there is one
-wire format.
+(hiredis parser) on connections of its own: each call borrows an idle one (threads
+never share one at a time) and a forked child starts over with new ones, so many threads
+and pre-forking servers may share one ``App``. Arguments are encoded by the same
+function as the async path, so there is one wire format.
 """
 
 from __future__ import annotations
 
 import inspect
+import os
 import threading
+import time
+from types import SimpleNamespace
 from typing import Any
 
 from redis.backoff import NoBackoff
 from redis.client import Redis
 from redis.connection import AbstractConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.retry import Retry
 
@@ -34,6 +38,31 @@ _NO_SETINFO: dict[str, Any] = (
     else {"lib_name": None, "lib_version": None}
 )
 
+#: Seconds a connection may sit idle before it is checked (one poll of its socket)
+#: before use; a busy producer's connections are never idle that long.
+_CHECK_AFTER_IDLE = 1.0
+
+#: Forks of this process so far, counted in the child: a connection list made before
+#: the last fork belongs to the parent. (``os.getpid()`` per call is a system call.)
+_forks = 0
+
+
+def _count_fork() -> None:
+    global _forks
+    _forks += 1
+
+
+os.register_at_fork(after_in_child=_count_fork)
+
+
+def _resp(parts: list[Any]) -> bytes:
+    """Parts of a command in the Redis protocol (RESP): ``$<len>`` and the bytes each."""
+    out = []
+    for part in parts:
+        data = part if isinstance(part, bytes) else str(part).encode()
+        out.append(b"$%d\r\n%b\r\n" % (len(data), data))
+    return b"".join(out)
+
 
 class BlockingEnqueuer:
     """A sync client and the enqueue script, connected (and the server checked) lazily."""
@@ -43,6 +72,14 @@ class BlockingEnqueuer:
         self._lock = threading.Lock()
         self._client: Any = None
         self._script: Any = None
+        #: Idle connections of this process, most recently used last. Not redis-py's
+        #: pool: its bookkeeping per borrow (a lock, a readiness poll of the socket,
+        #: metrics hooks) cost as much client time as the rest of a single enqueue.
+        self._idle: list[tuple[Any, float]] = []
+        self._forks = _forks
+        #: The packed start of the last EVALSHA (everything but the jobs argument), with
+        #: what it was packed from: a producer's calls differ only in their jobs.
+        self._head: tuple[tuple[Any, ...], bytes] = ((), b"")
 
     def _open(self) -> Any:
         with self._lock:
@@ -56,21 +93,35 @@ class BlockingEnqueuer:
                     socket_timeout=None,
                     socket_connect_timeout=5.0,
                     socket_keepalive=True,
-                    health_check_interval=15,
+                    # No handshake beyond the TCP connect: RESP2 needs no HELLO, and the
+                    # idle check in _take replaces redis-py's PING health checks; a
+                    # producer far from its server pays each of those round trips.
+                    protocol=2,
+                    health_check_interval=0,
                     **_NO_SETINFO,
                 )
+                self._client = client
+                # The checks and the script load run on a connection of our own, which
+                # then serves the first enqueue (a new one would cost its handshake's
+                # round trips again). Not one from redis-py's pool: its readiness poll
+                # on a brand-new TLS connection can see the server's TLS 1.3 session
+                # ticket, which arrives just after the handshake, as stale data and
+                # fail with "Connection not ready".
+                conn = self._take()
                 try:
                     check_server_blocking(
-                        client, self._options.where, allow_eviction=self._options.allow_eviction
+                        conn, self._options.where, allow_eviction=self._options.allow_eviction
                     )
-                    script = client.register_script(script_source("enqueue"))
                     # Loaded now: the first enqueue is one round trip, not three
                     # (EVALSHA answered NOSCRIPT, SCRIPT LOAD, EVALSHA again).
-                    script.sha = client.script_load(script.script)
+                    script = SimpleNamespace(source=script_source("enqueue"), sha="")
+                    script.sha = _command(conn, "SCRIPT", "LOAD", script.source)
                 except BaseException:
+                    conn.disconnect()
+                    self._client = None
                     client.close()
                     raise
-                self._client = client
+                self._idle.append((conn, time.monotonic()))
                 self._script = script
             return self._script
 
@@ -79,30 +130,78 @@ class BlockingEnqueuer:
         try:
             return self._evalsha(script.sha, keys, args)
         except NoScriptError:  # a restarted or flushed server: load it, then once more
-            script.sha = self._client.script_load(script.script)
+            conn = self._take()
+            try:
+                script.sha = _command(conn, "SCRIPT", "LOAD", script.source)
+            except BaseException:
+                conn.disconnect()
+                raise
+            self._idle.append((conn, time.monotonic()))
             return self._evalsha(script.sha, keys, args)
 
     def _evalsha(self, sha: str, keys: list[str], args: list[Any]) -> list[str]:
-        # A connection of the pool, used directly: redis-py's per-command machinery
-        # (retry policy, hooks) costs a quarter of a single-job enqueue. Any failure
-        # other than an error reply (which leaves the connection clean) drops the
-        # connection, so a half-read reply can never reach the next caller.
-        pool = self._client.connection_pool
-        conn = pool.get_connection()
+        # A connection used by one call at a time: list.pop/append are atomic, so
+        # threads share the idle list without a lock. Any failure other than an error
+        # reply (which leaves the connection clean) drops the connection, so a half-read
+        # reply can never reach the next caller.
+        conn = self._take()
         try:
-            conn.send_command("EVALSHA", sha, len(keys), *keys, *args)
+            conn.send_packed_command([self._pack(sha, keys, args)], check_health=False)
             reply: list[str] = conn.read_response()
         except ResponseError:
+            self._idle.append((conn, time.monotonic()))
             raise
         except BaseException:
             conn.disconnect()
             raise
-        finally:
-            pool.release(conn)
+        self._idle.append((conn, time.monotonic()))
         return reply
+
+    def _pack(self, sha: str, keys: list[str], args: list[str]) -> bytes:
+        """``EVALSHA sha len(keys) *keys *args``, packed; only the last argument (the
+        jobs) is packed per call, the rest when it changes."""
+        fixed = (sha, *keys, *args[:-1])
+        head = self._head  # read once: another thread may replace it meanwhile
+        if fixed != head[0]:
+            count = 3 + len(keys) + len(args)
+            parts = ["EVALSHA", sha, len(keys), *keys, *args[:-1]]
+            head = self._head = (fixed, b"*%d\r\n%b" % (count, _resp(parts)))
+        jobs = args[-1].encode()
+        return b"%b$%d\r\n%b\r\n" % (head[1], len(jobs), jobs)
+
+    def _take(self) -> Any:
+        if self._forks != _forks:
+            # A forked child: the parent's sockets are the parent's; start over.
+            self._idle = []
+            self._forks = _forks
+        try:
+            conn, released_at = self._idle.pop()
+        except IndexError:
+            pool = self._client.connection_pool
+            return pool.connection_class(**pool.connection_kwargs)
+        if time.monotonic() - released_at > _CHECK_AFTER_IDLE:
+            # As redis-py's pool does on every borrow: a connection the server closed
+            # meanwhile (a restart, a timeout) is readable; reconnect before sending,
+            # rather than fail a call that never reached the server.
+            try:
+                if conn.can_read():
+                    raise ConnectionError("unexpected data on an idle connection")
+            except (ConnectionError, TimeoutError, OSError, RedisConnectionError):
+                conn.disconnect()
+        return conn
 
     def close(self) -> None:
         with self._lock:
             client, self._client, self._script = self._client, None, None
+            idle, self._idle = self._idle, []
+        if self._forks == _forks:
+            for conn, _ in idle:
+                conn.disconnect()
         if client is not None:
             client.close()
+
+
+def _command(conn: Any, *args: Any) -> Any:
+    """One command on one of our connections, and its reply."""
+    conn.send_command(*args, check_health=False)
+    return conn.read_response()

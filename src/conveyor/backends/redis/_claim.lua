@@ -1,6 +1,11 @@
 -- claim_jobs(now, G, argv, first, last): claim with the arguments argv[first..last]
 -- (token base, worker, lease, caps, promote limit, limit, queue prefixes...; see
 -- claim.lua); returns claim.lua's reply. Used by claim.lua and finish_claim.lua.
+-- Level names and token suffixes as constants: turning a Lua number into a string costs
+-- a sprintf, and the claim would otherwise do several per job.
+local PRIO_NAME = { [0] = '0', '1', '2', '3', '4', '5', '6', '7', '8', '9' }
+local TOKEN_SUFFIX = '0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ'
+
 local function claim_jobs(now, G, argv, first, last)
     local expires = now + tonumber(argv[first + 2])
     local token_base, worker = argv[first], argv[first + 1]
@@ -25,6 +30,19 @@ local function claim_jobs(now, G, argv, first, last)
     local function queue_claim(QP)
         local vt, weight, max_running, tn = {}, {}, {}, {}
         local taken, by_tenant = {}, {}
+        local queue_name = nil -- the same for every job of QP: read once
+        -- Tenants whose vtime changed at a level: their level score is written once per
+        -- claim (or before the level is next read), not once per job.
+        local dirty = {} -- prio -> {tenant -> true}
+        local vstr = {} -- tenant -> its vtime formatted (a float format costs ~2,000 instructions)
+        local function vtime_str(tenant)
+            local text = vstr[tenant]
+            if text == nil then
+                text = fmt(vt[tenant])
+                vstr[tenant] = text
+            end
+            return text
+        end
 
         local function vtime(tenant)
             local v = vt[tenant]
@@ -63,13 +81,63 @@ local function claim_jobs(now, G, argv, first, last)
         -- A claim of n jobs from one lane then reads the lane once, not n times.
         local pages = {} -- prio -> first page of the level: {entries = {{tenant, score}...}, complete}
         local tasks_of = {} -- 'prio:tenant' -> task names with ready jobs (the whole set)
-        local heads = {} -- lane key -> {ids, pos, complete, taken}: ids read from the lane's head
+        -- lane key -> {ids = ids read from the lane's head, pos, complete, n, [1..n] = the
+        -- ids taken}: one table per lane (a claim over many tenants reads many lanes)
+        local heads = {}
+        -- 'prio:tenant' -> {task -> lane key}, or the lane key itself for a tenant whose
+        -- one task is kept in 't1' (its tasks_of entry is then the task name, a string)
+        local lanes_of = {}
 
-        local function read_page(prio, offset)
-            local raw = redis.call('ZRANGE', QP .. 'p:' .. prio, offset, offset + 7, 'WITHSCORES')
-            local entries = {}
+        local function flush_scores(prio)
+            local d = dirty[prio]
+            if d == nil then
+                return
+            end
+            dirty[prio] = nil
+            local args = {}
+            for tenant in pairs(d) do
+                args[#args + 1] = vtime_str(tenant)
+                args[#args + 1] = tenant
+            end
+            -- XX: a tenant that left the level meanwhile stays out.
+            redis.call('ZADD', QP .. 'p:' .. PRIO_NAME[prio], 'XX', unpack(args))
+        end
+
+        local function read_page(prio, offset, size)
+            flush_scores(prio)
+            local raw = redis.call('ZRANGE', QP .. 'p:' .. PRIO_NAME[prio], offset, offset + size - 1,
+                'WITHSCORES')
+            local entries, unknown = {}, {}
             for i = 1, #raw, 2 do
                 entries[#entries + 1] = { raw[i], tonumber(raw[i + 1]) }
+                if vt[raw[i]] == nil then
+                    unknown[#unknown + 1] = raw[i]
+                end
+            end
+            -- The vtimes of the page's tenants in one call, not one per tenant.
+            if #unknown > 0 then
+                local values = redis.call('HMGET', QP .. 'tv', unpack(unknown))
+                for i, tenant in ipairs(unknown) do
+                    vt[tenant] = tonumber(values[i] or '0')
+                end
+            end
+            -- And the single tasks of those with one (most tenants): a claim spread over
+            -- many tenants then reads no task list per tenant.
+            local names, untold = PRIO_NAME[prio], {}
+            for _, e in ipairs(entries) do
+                if tasks_of[names .. ':' .. e[1]] == nil then
+                    untold[#untold + 1] = e[1]
+                end
+            end
+            if #untold > 0 then
+                local ones = redis.call('HMGET', QP .. 't1:' .. names, unpack(untold))
+                for i, tenant in ipairs(untold) do
+                    if ones[i] then
+                        local k = names .. ':' .. tenant
+                        tasks_of[k] = ones[i]
+                        lanes_of[k] = lane_key(QP, names, tenant, ones[i])
+                    end
+                end
             end
             return entries
         end
@@ -80,47 +148,58 @@ local function claim_jobs(now, G, argv, first, last)
         local function first_page(prio)
             local page = pages[prio]
             if page == nil or (#page.entries == 0 and not page.complete) then
-                local entries = read_page(prio, 0)
-                page = { entries = entries, complete = #entries < 8 }
+                -- As many tenants as the claim may still take, and one more (the order
+                -- past them), at least 8: with many tenants, a claim takes one job per
+                -- tenant and then reads its level once, not once per 8 jobs.
+                local size = math.max(8, limit - claimed + 1)
+                local entries = read_page(prio, 0, size)
+                page = { entries = entries, complete = #entries < size, size = size }
                 pages[prio] = page
             end
             return page
         end
 
+        -- The tasks of a (prio, tenant) and their lanes: a task name and its lane key for
+        -- a tenant with one task in 't1', else a list of names and a table of lanes.
         local function tasks(prio, tenant)
-            local k = prio .. ':' .. tenant
+            local k = PRIO_NAME[prio] .. ':' .. tenant
             local list = tasks_of[k]
             if list == nil then
+                local one = redis.call('HGET', QP .. 't1:' .. PRIO_NAME[prio], tenant)
+                if one then
+                    tasks_of[k] = one
+                    lanes_of[k] = lane_key(QP, PRIO_NAME[prio], tenant, one)
+                    return one, lanes_of[k]
+                end
                 list = redis.call('ZRANGE', QP .. 't:' .. k, 0, -1)
                 tasks_of[k] = list
+                local lanes = {}
+                for _, task in ipairs(list) do
+                    lanes[task] = lane_key(QP, PRIO_NAME[prio], tenant, task)
+                end
+                lanes_of[k] = lanes
             end
-            return list
+            return list, lanes_of[k]
         end
 
-        -- The lane's head. The first read takes one id (with many tenants, a claim takes
-        -- one job per lane); a lane read again reads ahead as many as the claim may take.
+        -- The lane's head. The first read takes two ids (with many tenants, a claim takes
+        -- one job per lane; the second tells whether the lane empties); a lane read again
+        -- reads ahead as many as the claim may take, and one more.
         local function lane_head(lane)
             local h = heads[lane]
             if h == nil then
-                h = { ids = {}, pos = 1, complete = false, taken = {} }
+                h = { pos = 1, complete = false, n = 0 }
                 heads[lane] = h
             end
-            if h.pos > #h.ids and not h.complete then
-                local want = #h.taken == 0 and 1 or math.max(limit - claimed, 1)
+            if h.ids == nil or (h.pos > #h.ids and not h.complete) then
+                local want = h.n == 0 and 2 or math.max(limit - claimed, 1) + 1
                 -- The ids taken so far are still in the lane (removed at the end): skip them.
-                local offset = #h.taken
+                local offset = h.n
                 h.ids = redis.call('ZRANGE', lane, offset, offset + want - 1)
                 h.pos = 1
                 h.complete = #h.ids < want
             end
             return h.ids[h.pos]
-        end
-
-        local function by_score(x, y)
-            if x[2] ~= y[2] then
-                return x[2] < y[2]
-            end
-            return x[1] < y[1]
         end
 
         -- The tenant's score at the level changed (or it left the level: score nil).
@@ -132,14 +211,27 @@ local function claim_jobs(now, G, argv, first, last)
             local entries = page.entries
             for i, e in ipairs(entries) do
                 if e[1] == tenant then
-                    if score == nil then
-                        table.remove(entries, i)
-                    else
+                    table.remove(entries, i)
+                    if score ~= nil then
+                        -- Back into (score, name) order by a scan of the page (at most 8
+                        -- entries): table.sort with a Lua comparator cost about 25,000
+                        -- instructions, paid per job when every job is another tenant's.
                         e[2] = score
-                        table.sort(entries, by_score)
+                        local j, n = 1, #entries
+                        local last = entries[n]
+                        if last and not page.complete and (score > last[2]
+                                or (score == last[2] and tenant > last[1])) then
+                            -- Past the last of a partial prefix (the common case: the
+                            -- tenant just paid for a job): out, without a scan.
+                            return
+                        end
+                        while j <= n and (entries[j][2] < score
+                                or (entries[j][2] == score and entries[j][1] < tenant)) do
+                            j = j + 1
+                        end
                         -- Last of a partial prefix: tenants outside it may come first now.
-                        if not page.complete and entries[#entries][1] == tenant then
-                            table.remove(entries)
+                        if j <= n or page.complete then
+                            table.insert(entries, j, e)
                         end
                     end
                     return
@@ -147,26 +239,46 @@ local function claim_jobs(now, G, argv, first, last)
             end
         end
 
-        -- The head of a lane was taken: the lane may be empty now (it was read to its end),
-        -- and then the task leaves its (prio, tenant), and maybe the tenant its level.
+        -- A task has no ready job left at the level: it leaves its (prio, tenant), and the
+        -- tenant its level when that was its last task.
+        local function drop_task(prio, tenant, task)
+            local k = PRIO_NAME[prio] .. ':' .. tenant
+            local list = tasks(prio, tenant)
+            local left
+            if type(list) == 'string' then
+                redis.call('HDEL', QP .. 't1:' .. PRIO_NAME[prio], tenant)
+                tasks_of[k], lanes_of[k] = {}, {}
+                left = 0
+            else
+                redis.call('ZREM', QP .. 't:' .. k, task)
+                for i, name in ipairs(list) do
+                    if name == task then
+                        table.remove(list, i)
+                        break
+                    end
+                end
+                left = #list
+            end
+            if left == 0 then
+                redis.call('ZREM', QP .. 'p:' .. PRIO_NAME[prio], tenant)
+                page_update(prio, tenant, nil)
+            end
+        end
+
+        -- The head of a lane was taken. The lane is always read one id ahead of what
+        -- the claim took, so a lane this claim empties is known here, at no extra call
+        -- in the common cases (a first read of two; a read-ahead of what the claim may
+        -- still take, plus one).
         local function lane_take(prio, tenant, task, lane, id)
             local h = heads[lane]
-            h.taken[#h.taken + 1] = id
+            h.n = h.n + 1
+            h[h.n] = id
             h.pos = h.pos + 1
-            if h.pos <= #h.ids or not h.complete then
-                return
+            if h.pos > #h.ids and not h.complete then
+                lane_head(lane)
             end
-            redis.call('ZREM', QP .. 't:' .. prio .. ':' .. tenant, task)
-            local list = tasks(prio, tenant)
-            for i, name in ipairs(list) do
-                if name == task then
-                    table.remove(list, i)
-                    break
-                end
-            end
-            if #list == 0 then
-                redis.call('ZREM', QP .. 'p:' .. prio, tenant)
-                page_update(prio, tenant, nil)
+            if h.pos > #h.ids and h.complete then
+                drop_task(prio, tenant, task)
             end
         end
 
@@ -176,9 +288,9 @@ local function claim_jobs(now, G, argv, first, last)
                 local entries, partial = nil, false
                 if offset == 0 then
                     local page = first_page(prio)
-                    entries, partial = page.entries, not page.complete and #page.entries < 8
+                    entries, partial = page.entries, not page.complete and #page.entries < page.size
                 else
-                    entries = read_page(prio, offset)
+                    entries = read_page(prio, offset, 8)
                 end
                 if #entries == 0 then
                     return nil
@@ -188,24 +300,50 @@ local function claim_jobs(now, G, argv, first, last)
                     local tenant = e[1]
                     local v = vtime(tenant)
                     if v ~= e[2] then
-                        redis.call('ZADD', QP .. 'p:' .. prio, fmt(v), tenant)
+                        redis.call('ZADD', QP .. 'p:' .. PRIO_NAME[prio], fmt(v), tenant)
                         pages[prio] = nil
                         stale = true
                         break
                     end
                     if eligible(tenant) then
                         local best_id, best_task, best_lane = nil, nil, nil
-                        for _, task in ipairs(tasks(prio, tenant)) do
-                            if not capped[task] then
-                                local lane = lane_key(QP, prio, tenant, task)
-                                local head = lane_head(lane)
-                                if head and (best_id == nil or head < best_id) then
-                                    best_id, best_task, best_lane = head, task, lane
+                        local list, lanes = tasks(prio, tenant)
+                        local empty = nil
+                        if type(list) == 'string' then
+                            -- One task (most tenants): its lane only, no table per tenant.
+                            if not capped[list] then
+                                local head = lane_head(lanes)
+                                if head then
+                                    best_id, best_task, best_lane = head, list, lanes
+                                elseif heads[lanes].n == 0 then
+                                    empty = { list }
+                                end
+                            end
+                        else
+                            for _, task in ipairs(list) do
+                                if not capped[task] then
+                                    local lane = lanes[task]
+                                    local head = lane_head(lane)
+                                    if head and (best_id == nil or head < best_id) then
+                                        best_id, best_task, best_lane = head, task, lane
+                                    elseif head == nil and heads[lane].n == 0 then
+                                        -- Listed but empty (left behind by a version that
+                                        -- did not always notice a lane emptying): tidy up.
+                                        empty = empty or {}
+                                        empty[#empty + 1] = task
+                                    end
                                 end
                             end
                         end
                         if best_id then
                             return tenant, best_task, best_id, best_lane
+                        end
+                        if empty then
+                            for _, task in ipairs(empty) do
+                                drop_task(prio, tenant, task)
+                            end
+                            stale = true -- the page may have changed: read it again
+                            break
                         end
                     end
                 end
@@ -214,7 +352,7 @@ local function claim_jobs(now, G, argv, first, last)
                 elseif partial then
                     pages[prio] = nil -- past a shortened prefix: read a full first page
                 else
-                    offset = offset + 8
+                    offset = offset + #entries
                 end
             end
         end
@@ -230,21 +368,35 @@ local function claim_jobs(now, G, argv, first, last)
             end
             v = v + 1.0 / weight[tenant]
             vt[tenant] = v
-            redis.call('ZADD', QP .. 'p:' .. prio, 'XX', fmt(v), tenant)
+            vstr[tenant] = nil
+            local d = dirty[prio]
+            if d == nil then
+                d = {}
+                dirty[prio] = d
+            end
+            d[tenant] = true
             page_update(prio, tenant, v)
             if tn[tenant] ~= nil then
                 tn[tenant] = tn[tenant] + 1
             end
             claimed = claimed + 1
-            local token = token_base .. string.format('%x', claimed)
-            local f = redis.call('HMGET', key, 'attempt', 'queue', 'priority', 'args', 'kwargs',
-                'max_attempts', 'timeout', 'enqueued_at', 'cancel_requested', 'progress',
-                'progress_message')
-            local attempt = tonumber(f[1]) + 1
+            local token
+            if claimed <= #TOKEN_SUFFIX then
+                token = token_base .. string.sub(TOKEN_SUFFIX, claimed, claimed)
+            else
+                token = token_base .. '_' .. string.format('%x', claimed)
+            end
+            -- The job's priority is the level it was found at (a lane holds one level).
+            local f = redis.call('HMGET', key, 'attempt', 'args', 'kwargs', 'max_attempts',
+                'timeout', 'enqueued_at', 'cancel_requested', 'progress', 'progress_message')
+            local attempt = string.format('%d', tonumber(f[1]) + 1)
             redis.call('HSET', key, 'state', 'running', 'attempt', attempt, 'lease_token', token,
                 'lease_expires_at', sexp, 'started_at', snow, 'worker', worker)
-            if f[9] or f[10] or f[11] then
+            if f[7] or f[8] or f[9] then
                 redis.call('HDEL', key, 'cancel_requested', 'progress', 'progress_message')
+            end
+            if queue_name == nil then
+                queue_name = redis.call('HGET', key, 'queue')
             end
             taken[#taken + 1] = id
             local list = by_tenant[tenant]
@@ -260,11 +412,11 @@ local function claim_jobs(now, G, argv, first, last)
                     capped[task] = true
                 end
             end
-            local row = { id, task, f[2], tenant, f[3], f[4], f[5], attempt, f[6], f[7] or '', token,
-                sexp, f[8] }
-            for _, x in ipairs(row) do
-                out[#out + 1] = x
-            end
+            local n = #out
+            out[n + 1], out[n + 2], out[n + 3], out[n + 4] = id, task, queue_name, tenant
+            out[n + 5], out[n + 6], out[n + 7], out[n + 8] = PRIO_NAME[prio], f[2], f[3], attempt
+            out[n + 9], out[n + 10], out[n + 11], out[n + 12] = f[4], f[5] or '', token, sexp
+            out[n + 13] = f[6]
         end
 
         promote_queue(G, QP, now, promote_limit)
@@ -282,21 +434,23 @@ local function claim_jobs(now, G, argv, first, last)
         end
 
         -- Indexes and counters the picking does not read, once per call.
+        for prio in pairs(dirty) do
+            flush_scores(prio)
+        end
         for lane, h in pairs(heads) do
-            if #h.taken > 0 then
-                redis.call('ZREM', lane, unpack(h.taken))
+            if h.n > 0 then
+                redis.call('ZREM', lane, unpack(h, 1, h.n))
             end
         end
         if #taken > 0 then
             redis.call('ZREM', QP .. 'aging', unpack(taken))
-            local members, leases = {}, {}
+            -- Running jobs are listed from 'leases' (it holds exactly them), so there is
+            -- no 's:running' to write.
+            local leases = {}
             for _, id in ipairs(taken) do
-                members[#members + 1] = 0
-                members[#members + 1] = id
                 leases[#leases + 1] = sexp
                 leases[#leases + 1] = id
             end
-            redis.call('ZADD', QP .. 's:running', unpack(members))
             redis.call('ZADD', QP .. 'leases', unpack(leases))
         end
         -- Per tenant: its ready index, its vtime and its queued/running counts; the
@@ -307,7 +461,7 @@ local function claim_jobs(now, G, argv, first, last)
             local n = #ids
             redis.call('ZREM', QP .. 'r:' .. tenant, unpack(ids))
             vtimes[#vtimes + 1] = tenant
-            vtimes[#vtimes + 1] = fmt(vt[tenant])
+            vtimes[#vtimes + 1] = vtime_str(tenant)
             fields[#fields + 1] = 'queued:' .. tenant
             deltas[#deltas + 1] = -n
             fields[#fields + 1] = 'running:' .. tenant
@@ -315,23 +469,7 @@ local function claim_jobs(now, G, argv, first, last)
         end
         if #vtimes > 0 then
             redis.call('HSET', QP .. 'tv', unpack(vtimes))
-            local current = redis.call('HMGET', QP .. 'cnt', unpack(fields))
-            local set, gone = {}, {}
-            for i, field in ipairs(fields) do
-                local value = tonumber(current[i] or '0') + deltas[i]
-                if value > 0 then
-                    set[#set + 1] = field
-                    set[#set + 1] = value
-                else -- zero entries are dropped, as count() does
-                    gone[#gone + 1] = field
-                end
-            end
-            if #set > 0 then
-                redis.call('HSET', QP .. 'cnt', unpack(set))
-            end
-            if #gone > 0 then
-                redis.call('HDEL', QP .. 'cnt', unpack(gone))
-            end
+            count_many(QP, fields, deltas)
         end
         if vclock ~= nil then
             redis.call('HSET', QP .. 'meta', 'vclock', fmt(vclock))

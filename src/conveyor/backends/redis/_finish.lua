@@ -30,20 +30,41 @@ local function finish_outcomes(now, G, outcomes, caps)
         list[#list + 1] = member
     end
 
+    -- Most finished jobs have no dependents: one EXISTS for the batch spares a lookup
+    -- per job. (Dependents are only ever registered by enqueue, never by a finish, so
+    -- a batch without any stays without while it is applied.)
+    local has_dependents = false
+    if #outcomes > 0 then
+        local dn = {}
+        for i, o in ipairs(outcomes) do
+            dn[i] = G .. 'dn:' .. o[1]
+        end
+        has_dependents = redis.call('EXISTS', unpack(dn)) > 0
+    end
+    local expiry = {} -- result_ttl -> formatted expires_at (one format per distinct ttl)
+
     for _, o in ipairs(outcomes) do
         local id, token, kind = o[1], o[2], o[3]
         local result, err, delay = o[4], o[5], tonumber(o[6])
         local key = jkey(G, id)
-        local f = redis.call('HMGET', key, 'state', 'lease_token', 'qp', 'tenant', 'task', 'attempt',
-            'max_attempts', 'cancel_requested', 'result_ttl', 'key', 'base_priority', 'errors')
+        -- A success needs these fields only; the other outcomes read five more (each
+        -- field read scans the job's hash).
+        local f = redis.call('HMGET', key, 'state', 'lease_token', 'qp', 'tenant', 'task',
+            'result_ttl', 'key')
         if f[1] ~= 'running' or f[2] ~= token then
             applied[#applied + 1] = 0
         else
             applied[#applied + 1] = 1
             local QP, tenant, task = f[3], f[4], f[5]
-            local attempt, max_attempts = tonumber(f[6]), tonumber(f[7])
-            local cancel_requested = f[8] == '1'
-            local ttl, dkey, base = f[9], f[10], f[11]
+            local ttl, dkey = f[6], f[7]
+            local attempt, max_attempts, cancel_requested, base, errors
+            if kind ~= 'succeeded' then
+                local g = redis.call('HMGET', key, 'attempt', 'max_attempts', 'cancel_requested',
+                    'base_priority', 'errors')
+                attempt, max_attempts = tonumber(g[1]), tonumber(g[2])
+                cancel_requested = g[3] == '1'
+                base, errors = g[4], g[5]
+            end
             local b = bucket(QP)
             local fields = {}
             local new
@@ -57,12 +78,8 @@ local function finish_outcomes(now, G, outcomes, caps)
             elseif kind == 'retry' then
                 if cancel_requested then
                     new = 'cancelled'
-                elseif attempt >= max_attempts then
-                    new = 'dead'
-                elseif delay > 0 then
-                    new = 'retrying'
                 else
-                    new = 'queued'
+                    new = retry_state(attempt, max_attempts, delay)
                 end
             else -- released: the attempt is given back
                 fields = { 'attempt', math.max(attempt - 1, 0) }
@@ -71,7 +88,6 @@ local function finish_outcomes(now, G, outcomes, caps)
             -- Errors are recorded for failed attempts (retry, dead, cancelled) only, as the
             -- reference engine does: a success or a release has no error of its own.
             if err ~= '' and kind ~= 'succeeded' and kind ~= 'released' then
-                local errors = f[12]
                 if not errors or errors == '[]' then
                     errors = '[' .. err .. ']'
                 else
@@ -97,7 +113,11 @@ local function finish_outcomes(now, G, outcomes, caps)
                 fields[#fields + 1] = 'finished_at'
                 fields[#fields + 1] = snow
                 if new ~= 'dead' and ttl and ttl ~= '' then
-                    local at = fmt(now + tonumber(ttl))
+                    local at = expiry[ttl]
+                    if at == nil then
+                        at = fmt(now + tonumber(ttl))
+                        expiry[ttl] = at
+                    end
                     fields[#fields + 1] = 'expires_at'
                     fields[#fields + 1] = at
                     add(b.adds, QP .. 'exp', at, id)
@@ -105,7 +125,7 @@ local function finish_outcomes(now, G, outcomes, caps)
                 release_key(G, id, dkey)
             end
             redis.call('HSET', key, unpack(fields))
-            if new == 'succeeded' or new == 'dead' or new == 'cancelled' then
+            if has_dependents and (new == 'succeeded' or new == 'dead' or new == 'cancelled') then
                 settle_dependents(G, id, new, task, now)
             end
             redis.call('HDEL', key, 'lease_token', 'lease_expires_at')
@@ -115,7 +135,7 @@ local function finish_outcomes(now, G, outcomes, caps)
             end
             b.left[#b.left + 1] = id
             if new ~= 'queued' then
-                add(b.adds, QP .. 's:' .. new, 0, id)
+                add(b.adds, QP .. 's:' .. new, '0', id)
             end
             b.counts['running:' .. tenant] = (b.counts['running:' .. tenant] or 0) - 1
             b.counts[new .. ':' .. tenant] = (b.counts[new .. ':' .. tenant] or 0) + 1
@@ -128,15 +148,22 @@ local function finish_outcomes(now, G, outcomes, caps)
 
     for QP, b in pairs(per_queue) do
         redis.call('ZREM', QP .. 'leases', unpack(b.left))
+        -- 's:running' is no longer written (running jobs are listed from 'leases'); a
+        -- store written by an older version may still hold entries: drop them as they end.
         redis.call('ZREM', QP .. 's:running', unpack(b.left))
         for key, flat in pairs(b.adds) do
             redis.call('ZADD', key, unpack(flat))
         end
+        -- All count changes in one read and one write (a batch spread over many
+        -- tenants would otherwise pay two calls per job).
+        local fields, deltas = {}, {}
         for field, n in pairs(b.counts) do
-            if n ~= 0 and redis.call('HINCRBY', QP .. 'cnt', field, n) <= 0 then
-                redis.call('HDEL', QP .. 'cnt', field)
+            if n ~= 0 then
+                fields[#fields + 1] = field
+                deltas[#deltas + 1] = n
             end
         end
+        count_many(QP, fields, deltas)
         -- A freed slot may unblock a capped job: worth a wake-up if anything is ready.
         local freed_cap = b.freed_cap or redis.call('HLEN', QP .. 'tm') > 0
         if wake_queues[QP] or (freed_cap and any_ready(QP)) then

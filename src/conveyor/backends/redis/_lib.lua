@@ -9,16 +9,25 @@
 --   G..'queues'            set    queue name -> its prefix is stored in G..'qp'
 --   G..'qp'                hash   queue name -> queue prefix QP
 --   G..'lock:'..name       hash   owner, expires_at
+--   G..'outbox'            stream events the store produced itself: entries {e = event
+--                                 name, id = job id} (see outbox() below)
 --   QP..'meta'             hash   vclock (fair-share clock), aging (seconds per level)
 --   QP..'p:'..prio         zset   tenants with a ready job at prio, scored by vtime
---   QP..'t:'..prio..':'..tenant               zset  tasks of that (prio, tenant) with ready jobs
+--   QP..'t1:'..prio         hash  tenant -> its one task with ready jobs at prio, for a
+--                                 tenant with exactly one such task (the common case):
+--                                 a claim reads it for a whole page of tenants in one call
+--   QP..'t:'..prio..':'..tenant               zset  tasks of that (prio, tenant) with ready
+--                                 jobs, for a tenant with two or more (and in stores
+--                                 written before 't1' existed, also with one; both are
+--                                 read, and a (prio, tenant) is never in both)
 --   QP..'l:'..prio..':'..#tenant..':'..tenant..':'..task   zset  lane: ready ids (score 0: id order = FIFO)
 --   QP..'tv' / 'tw' / 'tm'  hash  tenant -> vtime / weight / max_running
 --   QP..'r:'..tenant        zset  ready ids of the tenant by ready_at (oldest wait);
 --                                 it exists exactly while the tenant has ready jobs
 --   QP..'s:'..state         zset  ids in that state (score 0: id order, for listing);
---                                 not kept for 'queued': the lanes list those, and a
---                                 claim then touches one large sorted set fewer
+--                                 not kept for 'queued' (the lanes list those) nor
+--                                 'running' ('leases' holds exactly the running ids):
+--                                 a claim then touches two sorted sets fewer
 --   QP..'cnt'               hash  state..':'..tenant -> count (stats)
 --   QP..'due'               zset  scheduled/retrying ids by run_at
 --   QP..'leases'            zset  running ids by lease_expires_at
@@ -29,8 +38,39 @@
 -- Tenants are '' for the default tenant. Times are seconds since the epoch; every
 -- number written is formatted with %.17g so that it reads back as the same double.
 
+-- Integers as text, cached per script call: string.format costs about 2,000
+-- instructions even for '%d', and a claim or finish spread over many tenants writes
+-- the same few counts and vtimes again and again.
+local INT_TEXT = {}
+local function int_text(n)
+    local text = INT_TEXT[n]
+    if text == nil then
+        text = string.format('%d', n)
+        INT_TEXT[n] = text
+    end
+    return text
+end
+
 local function fmt(x)
+    -- An integral value (a vtime with weight 1, say) as an integer: the same text as
+    -- '%.17g' gives it, without the float formatting.
+    if x == math.floor(x) and x > -1e15 and x < 1e15 then
+        return int_text(x)
+    end
     return string.format('%.17g', x)
+end
+
+-- '#name' as text. Lua turns a number into a string with a float format ('%.14g'):
+-- cached per script call, since lane keys of many tenants would pay it once each.
+local LEN_TEXT = {}
+local function len_text(name)
+    local n = #name
+    local text = LEN_TEXT[n]
+    if text == nil then
+        text = string.format('%d', n)
+        LEN_TEXT[n] = text
+    end
+    return text
 end
 
 -- The store's clock: the injected test clock if the caller passed one, else Redis TIME.
@@ -47,7 +87,7 @@ local function jkey(G, id)
 end
 
 local function lane_key(QP, prio, tenant, task)
-    return QP .. 'l:' .. prio .. ':' .. #tenant .. ':' .. tenant .. ':' .. task
+    return QP .. 'l:' .. prio .. ':' .. len_text(tenant) .. ':' .. tenant .. ':' .. task
 end
 
 -- Counts per (state, tenant) for stats; zero entries are dropped.
@@ -55,6 +95,42 @@ local function count(QP, state, tenant, delta)
     local field = state .. ':' .. tenant
     if redis.call('HINCRBY', QP .. 'cnt', field, delta) <= 0 then
         redis.call('HDEL', QP .. 'cnt', field)
+    end
+end
+
+-- Where a failed attempt goes: dead when no attempt is left, else retrying until its
+-- delay passes, or queued at once.
+local function retry_state(attempt, max_attempts, delay)
+    if attempt >= max_attempts then
+        return 'dead'
+    elseif delay > 0 then
+        return 'retrying'
+    end
+    return 'queued'
+end
+
+-- Many count changes at once (fields[i] changes by deltas[i]): one read and one write
+-- whatever the number of tenants, where count() costs a call or two per change.
+local function count_many(QP, fields, deltas)
+    if #fields == 0 then
+        return
+    end
+    local current = redis.call('HMGET', QP .. 'cnt', unpack(fields))
+    local set, gone = {}, {}
+    for i, field in ipairs(fields) do
+        local value = tonumber(current[i] or '0') + deltas[i]
+        if value > 0 then
+            set[#set + 1] = field
+            set[#set + 1] = int_text(value) -- no float format
+        else -- zero entries are dropped, as count() does
+            gone[#gone + 1] = field
+        end
+    end
+    if #set > 0 then
+        redis.call('HSET', QP .. 'cnt', unpack(set))
+    end
+    if #gone > 0 then
+        redis.call('HDEL', QP .. 'cnt', unpack(gone))
     end
 end
 
@@ -72,29 +148,70 @@ local function set_state(G, QP, id, tenant, old, new)
     redis.call('HSET', jkey(G, id), 'state', new)
 end
 
+-- The tasks of a (prio, tenant) with ready jobs: one task sits in the hash 't1' (no
+-- key of its own, and a claim reads it for a page of tenants at once); a second task
+-- moves both into the sorted set 't:'. Returns true when the (prio, tenant) had no task,
+-- i.e. the tenant joins the level.
+local function pt_add(QP, prio, tenant, task)
+    local pt = QP .. 't:' .. prio .. ':' .. tenant
+    if redis.call('EXISTS', pt) == 1 then
+        redis.call('ZADD', pt, 0, task)
+        return false
+    end
+    local one_key = QP .. 't1:' .. prio
+    if redis.call('HSETNX', one_key, tenant, task) == 1 then
+        return true
+    end
+    local one = redis.call('HGET', one_key, tenant)
+    if one ~= task then
+        redis.call('HDEL', one_key, tenant)
+        redis.call('ZADD', pt, 0, one, 0, task)
+    end
+    return false
+end
+
+-- The task has no ready job left at prio. Returns true when the (prio, tenant) has no
+-- task left, i.e. the tenant leaves the level.
+local function pt_remove(QP, prio, tenant, task)
+    local one_key = QP .. 't1:' .. prio
+    local one = redis.call('HGET', one_key, tenant)
+    if one then
+        if one ~= task then
+            return false
+        end
+        redis.call('HDEL', one_key, tenant)
+        return true
+    end
+    local pt = QP .. 't:' .. prio .. ':' .. tenant
+    redis.call('ZREM', pt, task)
+    return redis.call('EXISTS', pt) == 0
+end
+
+-- Operator paths (depth, query): the tasks of a (prio, tenant), either form.
+local function pt_tasks(QP, prio, tenant)
+    local one = redis.call('HGET', QP .. 't1:' .. prio, tenant)
+    if one then
+        return { one }
+    end
+    return redis.call('ZRANGE', QP .. 't:' .. prio .. ':' .. tenant, 0, -1)
+end
+
 -- A job joins its lane; the (prio, tenant) and the tenant's level entry appear when the
 -- first job arrives. The level entry is scored by the tenant's current vtime.
 local function lane_add(QP, prio, tenant, task, id)
     local lane = lane_key(QP, prio, tenant, task)
     redis.call('ZADD', lane, 0, id)
-    if redis.call('ZCARD', lane) == 1 then
-        local pt = QP .. 't:' .. prio .. ':' .. tenant
-        redis.call('ZADD', pt, 0, task)
-        if redis.call('ZCARD', pt) == 1 then
-            local vt = redis.call('HGET', QP .. 'tv', tenant) or '0'
-            redis.call('ZADD', QP .. 'p:' .. prio, vt, tenant)
-        end
+    if redis.call('ZCARD', lane) == 1 and pt_add(QP, prio, tenant, task) then
+        local vt = redis.call('HGET', QP .. 'tv', tenant) or '0'
+        redis.call('ZADD', QP .. 'p:' .. prio, vt, tenant)
     end
 end
 
 local function lane_remove(QP, prio, tenant, task, id)
     local lane = lane_key(QP, prio, tenant, task)
-    if redis.call('ZREM', lane, id) == 1 and redis.call('ZCARD', lane) == 0 then
-        local pt = QP .. 't:' .. prio .. ':' .. tenant
-        redis.call('ZREM', pt, task)
-        if redis.call('ZCARD', pt) == 0 then
-            redis.call('ZREM', QP .. 'p:' .. prio, tenant)
-        end
+    if redis.call('ZREM', lane, id) == 1 and redis.call('ZCARD', lane) == 0
+        and pt_remove(QP, prio, tenant, task) then
+        redis.call('ZREM', QP .. 'p:' .. prio, tenant)
     end
 end
 
@@ -270,6 +387,18 @@ local function dependency_error(attempt, message, now)
         message = message, traceback = cjson.null, at = now })
 end
 
+-- The outbox (Backend.take_events): a job cancelled from any state but running was
+-- cancelled by the store itself (cancel.lua, the cascade below), so no worker will
+-- announce it; the same script records the announcement it owes. running -> cancelled
+-- is its worker's own outcome and never comes here, except where no outcome will come:
+-- the reaper's (reap.lua: the job's worker is lost) and a rate-limit deferral's
+-- (rate.lua: the attempt was given back). The stream is
+-- capped (the oldest entries go first) in case no worker drains it for a long time.
+local OUTBOX_MAX = 100000
+local function outbox(G, event, id)
+    redis.call('XADD', G .. 'outbox', 'MAXLEN', '~', OUTBOX_MAX, '*', 'e', event, 'id', id)
+end
+
 -- A blocked job is cancelled because a dependency failed; its own dependents follow.
 local function cancel_blocked(G, id, message, now)
     local key = jkey(G, id)
@@ -279,6 +408,7 @@ local function cancel_blocked(G, id, message, now)
     set_expiry(G, f[1], id, f[4], now)
     release_key(G, id, f[5])
     append_error(G, id, dependency_error(f[6], message, now))
+    outbox(G, 'job.cancelled', id)
     settle_dependents(G, id, 'cancelled', f[3], now)
 end
 

@@ -63,22 +63,29 @@ async def check_server(client: Any, where: str, *, allow_eviction: bool) -> None
         _check_one(settings, f"cluster node {node.name}", allow_eviction=allow_eviction)
 
 
-def check_server_blocking(client: Any, where: str, *, allow_eviction: bool) -> None:
-    """``check_server`` over a sync single-server client (the sync enqueue's), in one
-    round trip; skipped for a server that already passed in this process (the async
-    backend of the same app, typically), since a far server makes each trip count."""
+def check_server_blocking(conn: Any, where: str, *, allow_eviction: bool) -> None:
+    """``check_server`` over one connection of the sync enqueue's single-server client,
+    in one round trip; skipped for a server that already passed in this process (the
+    async backend of the same app, typically), since a far server makes each trip count."""
     if where in _passed:
         return
-    try:
-        settings: dict[str, str] = {}
-        pipe = client.pipeline(transaction=False)
-        for name in ("maxmemory-policy", "appendonly", "save"):
-            pipe.config_get(name)
-        for reply in pipe.execute():
-            settings.update(reply)
-    except ResponseError:
-        info = client.info("memory")
-        info.update(client.info("persistence"))
+    names = ("maxmemory-policy", "appendonly", "save")
+    conn.send_packed_command(conn.pack_commands([("CONFIG", "GET", n) for n in names]))
+    settings: dict[str, str] = {}
+    refused = False
+    for _ in names:  # every reply is read, so that the connection stays clean
+        try:
+            pairs = conn.read_response()
+        except ResponseError:
+            refused = True
+            continue
+        settings.update(zip(pairs[::2], pairs[1::2], strict=True))
+    if refused:  # CONFIG disabled (some managed services): INFO says enough
+        info: dict[str, str] = {}
+        for section in ("memory", "persistence"):
+            conn.send_command("INFO", section)
+            text = conn.read_response()
+            info.update(line.split(":", 1) for line in text.splitlines() if ":" in line)
         settings = _from_info(info)
     _check_one(settings, where, allow_eviction=allow_eviction)
 

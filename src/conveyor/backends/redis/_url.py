@@ -95,7 +95,15 @@ class RedisOptions:
 
 
 def _check_client_option(name: str, value: str, scheme: str, url: str) -> str:
-    """Catch the TLS mistakes redis-py would only report at the first command."""
+    """Catch the mistakes redis-py would only report at the first command, or never."""
+    if name in ("read_from_replicas", "load_balancing_strategy"):
+        # redis-py would take the text as is ("0" is a true string); and a replica,
+        # replicated asynchronously, can answer a read of a job just enqueued or finished
+        # with "no such job" or an older state.
+        raise ValueError(
+            f"{name}= in Redis URL {url!r} is not supported: Conveyor reads its own "
+            "writes, which replicas may not have yet; every command goes to the primary"
+        )
     if name.startswith("ssl_") and scheme != "rediss":
         raise ValueError(
             f"{name}= in Redis URL {url!r} only applies to TLS connections: "
@@ -139,6 +147,11 @@ class Keys:
 
     def lock(self, name: str) -> str:
         return f"{self.store}lock:{name}"
+
+    @property
+    def outbox(self) -> str:
+        """The stream of events the store produced itself (``_lib.lua`` ``outbox``)."""
+        return self.store + "outbox"
 
     @property
     def queue_prefixes(self) -> str:

@@ -32,6 +32,7 @@ from typing import Any
 import redis.exceptions as rexc
 
 from conveyor.backends.base import (
+    OUTBOX_RETENTION,
     WAITING_STATES,
     Backend,
     Capabilities,
@@ -48,6 +49,7 @@ from conveyor.backends.base import (
     QueueStats,
     RateBucket,
     RetryDelay,
+    StoreEvent,
     depth_counts,
 )
 from conveyor.backends.redis._blocking import BlockingEnqueuer
@@ -71,6 +73,11 @@ from conveyor.job import Job, JobState
 CLAIM_PROMOTE_LIMIT = 1000
 #: Finished jobs deleted per purge script call, so purging never blocks Redis long.
 PURGE_CHUNK = 2000
+
+
+#: Compact JSON for script arguments (one encoder: ``json.dumps(..., ensure_ascii=False)``
+#: builds a new one per call, which costs more than encoding a single job).
+_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 def _num(value: float | None) -> str:
@@ -101,12 +108,21 @@ def _outcomes_json(outcomes: Sequence[Outcome]) -> str:
                 out.kind.value,
                 out.result_json if out.result_json is not None else "",
                 out.error_json or "",
-                _num(out.retry_delay or 0.0),
+                _num(out.retry_delay) if out.retry_delay else "0.0",
             )
             for out in outcomes
         ],
         ensure_ascii=False,
     )
+
+
+def _pack_command(parts: Sequence[str | int]) -> bytes:
+    """One command in the Redis protocol (RESP), for ``RedisBackend._hot_call``."""
+    out = [b"*%d\r\n" % len(parts)]
+    for part in parts:
+        data = part.encode() if isinstance(part, str) else str(part).encode()
+        out.append(b"$%d\r\n%b\r\n" % (len(data), data))
+    return b"".join(out)
 
 
 class RedisBackend(Backend):
@@ -144,6 +160,14 @@ class RedisBackend(Backend):
         #: monotonic time when the earliest waiting job of the last claimed queues falls due.
         self._due_at: float | None = None
         self._blocking = BlockingEnqueuer(self.options)
+        #: enqueue.lua's queue list for a call to one queue, by queue name.
+        self._queue_json: dict[str, str] = {}
+        #: The JSON of a run's shared fields, by (run fields, queue index).
+        self._group_heads: dict[tuple[Any, int], str] = {}
+        #: The claim path's own connection (see ``_hot_call``); taken from the pool on
+        #: first use, closed with the client.
+        self._hot: Any = None
+        self._hot_busy = False
         if self.options.cluster:
             # The sync fast path speaks to one server; a cluster's sync enqueue goes
             # through the async cluster client (the portal) instead.
@@ -180,6 +204,7 @@ class RedisBackend(Backend):
         self._wake = WakeListener(client)
 
     async def close(self) -> None:
+        self._hot = None  # the client's pool disconnects it below
         client, self._client = self._client, None
         if client is None:
             return
@@ -197,38 +222,84 @@ class RedisBackend(Backend):
 
     # -- producers -------------------------------------------------------------------
     def _enqueue_args(self, jobs: Sequence[NewJob]) -> list[str]:
+        """enqueue.lua's arguments: the jobs as runs of consecutive jobs that differ only
+        in id and arguments (one run for a whole ``enqueue_many`` of one task), so that
+        neither side encodes or decodes the shared fields once per job."""
         queues: dict[str, int] = {}
+        parts: list[str] = []
+        shape: tuple[Any, ...] | None = None
+        head = ""
+        flat: list[str] = []
         for job in jobs:
-            queues.setdefault(job.queue, len(queues) + 1)
-        # One JSON argument instead of 13 per job: packing 130,000 arguments costs
-        # redis-py more than the whole script costs Redis.
-        rows = [
-            (
-                job.id,
+            this = (
                 job.task,
-                queues[job.queue],
-                job.tenant or "",
-                str(job.priority),
-                job.args_json,
-                job.kwargs_json,
-                str(job.max_attempts),
-                _num(job.timeout),
-                _num(job.result_ttl),
-                job.key or "",
-                _num(job.delay) if job.delay else "",
-                _num(job.run_at),
-                json.dumps(list(job.after)) if job.after else "",
+                job.queue,
+                job.tenant,
+                job.priority,
+                job.max_attempts,
+                job.timeout,
+                job.result_ttl,
+                job.key,
+                job.delay,
+                job.run_at,
+                job.after,
                 job.after_policy,
-                _num(job.unique_for),
+                job.unique_for,
             )
-            for job in jobs
+            if this != shape:
+                if flat:
+                    parts.append(f"{head}{_json(flat)}]")
+                shape = this
+                qi = queues.get(job.queue)
+                if qi is None:
+                    qi = queues[job.queue] = len(queues) + 1
+                head = self._group_head(this, qi)
+                flat = []
+            flat += (job.id, job.args_json, job.kwargs_json)
+        parts.append(f"{head}{_json(flat)}]")
+        # One JSON argument instead of several per job: packing 130,000 arguments costs
+        # redis-py more than the whole script costs Redis.
+        if len(queues) == 1:  # the common case: the queue's JSON is kept per queue
+            (name,) = queues
+            queues_json = self._queue_json.get(name)
+            if queues_json is None:
+                if len(self._queue_json) >= 1000:  # bounded: producers of many queues
+                    self._queue_json.clear()
+                queues_json = self._queue_json[name] = _json([(name, self.keys.queue(name))])
+        else:
+            queues_json = _json([(name, self.keys.queue(name)) for name in queues])
+        groups_json = parts[0] if len(parts) == 1 else ",".join(parts)
+        return [self._now_arg(), self.keys.store, queues_json, f"[{groups_json}]"]
+
+    def _group_head(self, shape: tuple[Any, ...], qi: int) -> str:
+        """The JSON of a run's shared fields, up to its job list: the same for every
+        call of a task without options, so it is encoded once and kept (a bounded
+        cache) rather than once per call."""
+        cached = self._group_heads.get((shape, qi))
+        if cached is not None:
+            return cached
+        task, _, tenant, priority, max_attempts, timeout, result_ttl = shape[:7]
+        key, delay, run_at, after, after_policy, unique_for = shape[7:]
+        fields = [
+            task,
+            qi,
+            tenant or "",
+            str(priority),
+            str(max_attempts),
+            _num(timeout),
+            _num(result_ttl),
+            key or "",
+            _num(delay) if delay else "",
+            _num(run_at),
+            _json(list(after)) if after else "",
+            after_policy,
+            _num(unique_for),
         ]
-        return [
-            self._now_arg(),
-            self.keys.store,
-            json.dumps([(name, self.keys.queue(name)) for name in queues]),
-            json.dumps(rows, ensure_ascii=False),
-        ]
+        head = _json(fields)[:-1] + ","  # the open group, its job list to follow
+        if len(self._group_heads) >= 1000:  # bounded: dedup keys and due times vary
+            self._group_heads.clear()
+        self._group_heads[(shape, qi)] = head
+        return head
 
     async def enqueue(self, jobs: Sequence[NewJob]) -> list[str]:
         if not jobs:
@@ -275,9 +346,7 @@ class RedisBackend(Backend):
         task_caps: Mapping[str, int] | None,
     ) -> list[ClaimedJob]:
         claim_args = await self._claim_args(queues, limit, worker, lease, task_caps)
-        reply = await self._s.claim(
-            keys=[self.keys.route], args=[self._now_arg(), self.keys.store, *claim_args]
-        )
+        reply = await self._hot_call(self._s.claim, [self._now_arg(), self.keys.store, *claim_args])
         return self._claimed(reply)
 
     async def finish_and_claim(
@@ -298,7 +367,7 @@ class RedisBackend(Backend):
             return applied, await self._claim(queues, limit, worker, lease, task_caps)
         claim_args = await self._claim_args(queues, limit, worker, lease, task_caps)
         args = [self._now_arg(), self.keys.store, _outcomes_json(outcomes), *claim_args]
-        applied, reply = await self._s.finish_claim(keys=[self.keys.route], args=args)
+        applied, reply = await self._hot_call(self._s.finish_claim, args)
         return [bool(x) for x in applied], self._claimed(reply)
 
     async def _claim_args(
@@ -321,6 +390,34 @@ class RedisBackend(Backend):
             max(0, limit),
             *(self.keys.queue(q) for q in queues),
         ]
+
+    async def _hot_call(self, script: Any, args: list[Any]) -> Any:
+        """Run ``script`` (claim, finish_claim) on a connection kept for the purpose.
+
+        A worker makes one of these calls per refill of its slots, and redis-py's
+        general command path (argument encoding with type checks, the pool's lock and
+        bookkeeping, retry and observability layers) cost about as much Python as the
+        jobs of a refill themselves. The command is packed here and sent on the kept
+        connection; errors and cancellation behave as on any redis-py connection (it is
+        dropped, and connects again on next use; no command is retried). Cluster
+        clients, a script the server lost (NOSCRIPT), and calls that overlap take the
+        general path."""
+        if self.options.cluster or self._hot_busy:
+            return await script(keys=[self.keys.route], args=args)
+        self._hot_busy = True
+        try:
+            if self._hot is None:
+                self._hot = await self._client.connection_pool.get_connection()
+            conn = self._hot
+            await conn.send_packed_command(
+                _pack_command(["EVALSHA", script.sha, 1, self.keys.route, *args])
+            )
+            return await conn.read_response()
+        except rexc.NoScriptError:
+            pass  # loaded again below
+        finally:
+            self._hot_busy = False
+        return await script(keys=[self.keys.route], args=args)
 
     def _claimed(self, reply: list[Any]) -> list[ClaimedJob]:
         self._note_due(reply[0], reply[1])
@@ -480,7 +577,28 @@ class RedisBackend(Backend):
             deleted = await self._per_queue(self._s.purge, PURGE_CHUNK)
             total += deleted
             if deleted < PURGE_CHUNK:
-                return total
+                break
+        # Outbox entries nobody drained within the retention: stream ids are the
+        # server's milliseconds, so the cut-off is read from the same clock.
+        seconds, _ = await store_time(self._client, self.keys.route)
+        cutoff = int((seconds - OUTBOX_RETENTION) * 1000)
+        # Exact (not ``~``): an approximate trim only drops whole stream nodes (about 100
+        # entries), so a small stale outbox would never shrink. Purge runs once a minute.
+        await self._client.xtrim(self.keys.outbox, minid=f"{max(cutoff, 0)}-0", approximate=False)
+        return total
+
+    async def take_events(self, limit: int) -> list[StoreEvent]:
+        if limit <= 0:
+            return []
+        entries = await self._client.xrange(self.keys.outbox, count=limit)
+        return [
+            StoreEvent(ref=str(ref), name=str(fields["e"]), job_id=str(fields["id"]))
+            for ref, fields in entries
+        ]
+
+    async def ack_events(self, refs: Sequence[str]) -> None:
+        if refs:
+            await self._client.xdel(self.keys.outbox, *refs)
 
     async def try_lock(self, name: str, owner: str, ttl: float) -> bool:
         args = [self._now_arg(), owner, _num(ttl)]

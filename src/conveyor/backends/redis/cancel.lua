@@ -1,6 +1,7 @@
 -- cancel: jobs not running (scheduled, queued, retrying, blocked, waiting) become
 -- cancelled at once,
 -- and the jobs waiting for them are settled; a running job gets a cancel request.
+-- A job cancelled here is recorded in the outbox (no worker will announce it).
 --
 -- KEYS[1]  routing key   ARGV[1]  now ('' = Redis TIME)   ARGV[2]  G   ARGV[3]  job id
 -- Returns the job's state afterwards, or nil if there is no such job.
@@ -27,6 +28,7 @@ if state == 'queued' or state == 'scheduled' or state == 'retrying' or state == 
     redis.call('HSET', key, 'finished_at', fmt(now))
     set_expiry(G, QP, id, f[6], now)
     release_key(G, id, f[7])
+    outbox(G, 'job.cancelled', id)
     settle_dependents(G, id, 'cancelled', f[4], now)
     return 'cancelled'
 end

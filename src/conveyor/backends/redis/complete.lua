@@ -32,12 +32,8 @@ local attempt, max_attempts, base = tonumber(f[7]), tonumber(f[8]), f[11]
 local new
 if kind == 'succeeded' or kind == 'dead' then
     new = kind
-elseif attempt >= max_attempts then
-    new = 'dead'
-elseif delay > 0 then
-    new = 'retrying'
 else
-    new = 'queued'
+    new = retry_state(attempt, max_attempts, delay)
 end
 redis.call('ZREM', QP .. 'waits', id)
 redis.call('HDEL', key, 'lease_expires_at')

@@ -13,7 +13,7 @@ if state == 'queued' then
     for prio = 0, 9 do
         for _, tenant in ipairs(redis.call('ZRANGE', QP .. 'p:' .. prio, 0, -1)) do
             local n = 0
-            for _, task in ipairs(redis.call('ZRANGE', QP .. 't:' .. prio .. ':' .. tenant, 0, -1)) do
+            for _, task in ipairs(pt_tasks(QP, prio, tenant)) do
                 n = n + redis.call('ZCARD', lane_key(QP, prio, tenant, task))
             end
             out[#out + 1] = tenant

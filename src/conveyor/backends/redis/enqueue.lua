@@ -4,10 +4,12 @@
 -- KEYS[1]  G..'queues' (routes the call to the node holding the store's slot)
 -- ARGV[1]  now ('' = Redis TIME)      ARGV[2]  G (store prefix)
 -- ARGV[3]  JSON [[queue name, QP], ...]
--- ARGV[4]  JSON [[id, task, queue index (1-based), tenant ('' = default), priority,
---            args_json, kwargs_json, max_attempts, timeout, result_ttl, key, delay,
---            run_at, after, after_policy, unique_for], ...]   ('' = none for timeout,
---            result_ttl, key, delay, run_at, after (a JSON array of ids), unique_for;
+-- ARGV[4]  JSON [group, ...]: runs of consecutive jobs that differ only in id and
+--            arguments, in call order. A group is [task, queue index (1-based), tenant
+--            ('' = default), priority, max_attempts, timeout, result_ttl, key, delay,
+--            run_at, after (a JSON array of ids), after_policy, unique_for,
+--            [id, args_json, kwargs_json, id, args_json, kwargs_json, ...]]
+--            ('' = none for timeout, result_ttl, key, delay, run_at, after, unique_for;
 --            numbers as strings)
 -- A job with dependencies is inserted blocked, then linked (see link_dependencies in
 -- _lib.lua) once the whole batch is in. Every dependency must exist, in the store or
@@ -18,36 +20,41 @@
 --   ready_at age_at started_at finished_at expires_at lease_token lease_expires_at worker
 --   progress progress_message result cancel_requested
 --
--- Speed: a job costs two calls (EXISTS, HSET); every index is written afterwards with
--- one variadic command per key, so 10,000 jobs take one call and a few milliseconds.
+-- Speed: a job costs two calls (EXISTS, HSET) and no Lua table of its own: the hash's
+-- fields are built once per group and only id and arguments change from job to job.
+-- Numbers written per job are strings ('0'): Redis would format a Lua number with
+-- %.17g for every argument.
+-- Every index is written afterwards with one variadic command per key, so 10,000 jobs
+-- take one call and a few milliseconds.
 local now = clock(ARGV[1])
 local G = ARGV[2]
 local queues = cjson.decode(ARGV[3])
-local jobs = cjson.decode(ARGV[4])
+local groups = cjson.decode(ARGV[4])
 local snow = fmt(now)
+local call = redis.call
 
-local function push(map, key, ...)
+local function list_of(map, key)
     local list = map[key]
     if not list then
         list = {}
         map[key] = list
     end
-    for _, v in ipairs({ ... }) do
-        list[#list + 1] = v
-    end
+    return list
 end
 
 -- Per queue: index key -> {score, member, ...} to add, and counters to apply.
 local zadds, counts, lanes, aging = {}, {}, {}, {}
 local activated = {}
 for qi, q in ipairs(queues) do
-    redis.call('HSET', G .. 'qp', q[1], q[2])
-    redis.call('SADD', G .. 'queues', q[1])
+    -- A queue seen before costs one call, not two (its prefix never changes).
+    if call('HSETNX', G .. 'qp', q[1], q[2]) == 1 then
+        call('SADD', G .. 'queues', q[1])
+    end
     aging[qi] = aging_of(q[2])
 end
 
 local function window_holder(key)
-    local held = redis.call('GET', G .. 'kw:' .. key)
+    local held = call('GET', G .. 'kw:' .. key)
     if held then
         local holder, expires = string.match(held, '^(%S+) (%S+)$')
         if tonumber(expires) > now then
@@ -61,29 +68,31 @@ end
 -- must exist in the store or be inserted earlier in this batch, not refused for its key.
 local function check_dependencies()
     local known, batch_keys = {}, {}
-    for _, job in ipairs(jobs) do
-        if job[14] ~= '' then
-            for _, parent in ipairs(cjson.decode(job[14])) do
-                if not known[parent] and redis.call('EXISTS', jkey(G, parent)) == 0 then
-                    return parent
+    for _, g in ipairs(groups) do
+        local key, after, unique_for, flat = g[8], g[11], g[13], g[14]
+        for i = 1, #flat, 3 do
+            if after ~= '' then
+                for _, parent in ipairs(cjson.decode(after)) do
+                    if not known[parent] and call('EXISTS', jkey(G, parent)) == 0 then
+                        return parent
+                    end
                 end
             end
-        end
-        local key = job[11]
-        local refused = key ~= '' and (batch_keys[key] or redis.call('HEXISTS', G .. 'keys', key) == 1
-            or (job[16] ~= '' and window_holder(key)))
-        if not refused then
-            known[job[1]] = true
-        end
-        if key ~= '' then
-            batch_keys[key] = true
+            local refused = key ~= '' and (batch_keys[key] or call('HEXISTS', G .. 'keys', key) == 1
+                or (unique_for ~= '' and window_holder(key)))
+            if not refused then
+                known[flat[i]] = true
+            end
+            if key ~= '' then
+                batch_keys[key] = true
+            end
         end
     end
     return nil
 end
 
-for _, job in ipairs(jobs) do
-    if job[14] ~= '' then -- only batches with dependencies pay for the check
+for _, g in ipairs(groups) do
+    if g[11] ~= '' then -- only batches with dependencies pay for the check
         local missing = check_dependencies()
         if missing then
             return redis.error_reply('DependencyNotFound ' .. missing)
@@ -93,135 +102,173 @@ for _, job in ipairs(jobs) do
 end
 
 local ids = {}
+local n = 0
 local linked = {}
-for j, job in ipairs(jobs) do
-    local id, task, qi, tenant, prio = job[1], job[2], job[3], job[4], job[5]
-    local key, delay, run_at = job[11], job[12], job[13]
-    local after, unique_for = job[14], job[16]
+for _, g in ipairs(groups) do
+    local task, qi, tenant, prio = g[1], g[2], g[3], g[4]
+    local key, delay, run_at, after, unique_for = g[8], g[9], g[10], g[11], g[13]
+    local flat = g[14]
     local QP = queues[qi][2]
-    local jk = jkey(G, id)
-    local holder = nil
+    local due = now
+    if run_at ~= '' then
+        due = tonumber(run_at)
+    elseif delay ~= '' then
+        due = now + tonumber(delay)
+    end
+    local state = 'queued'
+    if after ~= '' then
+        state = 'blocked'
+    elseif due > now then
+        state = 'scheduled'
+    end
+    -- The hash of every job of the group; slots 2, 4 and 6 take each job's id and
+    -- arguments.
+    local fields = { 'id', '', 'args', '', 'kwargs', '', 'task', task, 'queue', queues[qi][1],
+        'qp', QP, 'tenant', tenant, 'priority', prio, 'base_priority', prio, 'attempt', '0',
+        'max_attempts', g[5], 'errors', '[]', 'enqueued_at', snow, 'state', state }
+    local function field(name, value)
+        fields[#fields + 1] = name
+        fields[#fields + 1] = value
+    end
+    if g[6] ~= '' then
+        field('timeout', g[6])
+    end
+    if g[7] ~= '' then
+        field('result_ttl', g[7])
+    end
     if key ~= '' then
-        holder = redis.call('HGET', G .. 'keys', key)
+        field('key', key)
     end
-    if not holder and key ~= '' and unique_for ~= '' then
-        holder = window_holder(key)
+    local sdue = state == 'queued' and '' or fmt(due) -- %.17g costs: only when written
+    local age_at = nil
+    if state == 'queued' then
+        field('ready_at', snow)
+        if aging[qi] and tonumber(prio) > 0 then
+            age_at = fmt(now + aging[qi])
+            field('age_at', age_at)
+        end
+    elseif due > now then
+        field('run_at', sdue)
     end
-    if holder then
-        ids[j] = holder
-    elseif redis.call('EXISTS', jk) == 1 then
-        -- Inserted by an earlier try of this very call whose reply was lost: enqueue is
-        -- idempotent per id, so a retry never duplicates a job.
-        ids[j] = id
+    local lane, ready, aged, waiting
+    local entry = nil
+    if state == 'queued' then
+        local lk = lane_key(QP, prio, tenant, task)
+        entry = lanes[lk]
+        if not entry then
+            -- {QP, prio, tenant, task, ids to add, the lane's size before this call}
+            entry = { QP, prio, tenant, task, {}, nil }
+            lanes[lk] = entry
+        end
+        lane = entry[5]
+        ready = list_of(zadds, QP .. 'r:' .. tenant)
+        if age_at then
+            aged = list_of(zadds, QP .. 'aging')
+        end
     else
-        ids[j] = id
+        waiting = list_of(zadds, QP .. 's:' .. state)
+    end
+    local due_list = state == 'scheduled' and list_of(zadds, QP .. 'due') or nil
+    local inserted = 0
+    for i = 1, #flat, 3 do
+        local id = flat[i]
+        n = n + 1
+        local jk = jkey(G, id)
+        local holder = nil
         if key ~= '' then
-            redis.call('HSET', G .. 'keys', key, id)
-            if unique_for ~= '' then
-                local ttl = tonumber(unique_for)
-                redis.call('SET', G .. 'kw:' .. key, id .. ' ' .. fmt(now + ttl),
-                    'PX', math.ceil(ttl * 1000) + 60000)
+            holder = call('HGET', G .. 'keys', key)
+            if not holder and unique_for ~= '' then
+                holder = window_holder(key)
             end
         end
-        local due = now
-        if run_at ~= '' then
-            due = tonumber(run_at)
-        elseif delay ~= '' then
-            due = now + tonumber(delay)
-        end
-        local fields = { 'id', id, 'task', task, 'queue', queues[qi][1], 'qp', QP, 'tenant', tenant,
-            'priority', prio, 'base_priority', prio, 'args', job[6], 'kwargs', job[7],
-            'attempt', 0, 'max_attempts', job[8], 'errors', '[]', 'enqueued_at', snow }
-        if job[9] ~= '' then
-            fields[#fields + 1] = 'timeout'
-            fields[#fields + 1] = job[9]
-        end
-        if job[10] ~= '' then
-            fields[#fields + 1] = 'result_ttl'
-            fields[#fields + 1] = job[10]
-        end
-        if key ~= '' then
-            fields[#fields + 1] = 'key'
-            fields[#fields + 1] = key
-        end
-        local state
-        if after ~= '' then
-            state = 'blocked'
-            linked[#linked + 1] = { id, after, job[15] }
-            if due > now then
-                fields[#fields + 1] = 'run_at'
-                fields[#fields + 1] = fmt(due)
-            end
-        elseif due > now then
-            state = 'scheduled'
-            local sdue = fmt(due)
-            fields[#fields + 1] = 'run_at'
-            fields[#fields + 1] = sdue
-            push(zadds, QP .. 'due', sdue, id)
+        if holder then
+            ids[n] = holder
+        elseif call('EXISTS', jk) == 1 then
+            -- Inserted by an earlier try of this very call whose reply was lost: enqueue is
+            -- idempotent per id, so a retry never duplicates a job.
+            ids[n] = id
         else
-            state = 'queued'
-            fields[#fields + 1] = 'ready_at'
-            fields[#fields + 1] = snow
-            local tkey = QP .. '\0' .. tenant
-            if not activated[tkey] then
-                -- The tenant's first ready job (in this queue): idleness banks no credit.
-                activated[tkey] = true
-                if redis.call('EXISTS', QP .. 'r:' .. tenant) == 0 then
-                    local vclock = tonumber(redis.call('HGET', QP .. 'meta', 'vclock') or '0')
-                    local vt = tonumber(redis.call('HGET', QP .. 'tv', tenant) or '0')
-                    redis.call('HSET', QP .. 'tv', tenant, fmt(math.max(vt, vclock)))
+            ids[n] = id
+            inserted = inserted + 1
+            if key ~= '' then
+                call('HSET', G .. 'keys', key, id)
+                if unique_for ~= '' then
+                    local ttl = tonumber(unique_for)
+                    call('SET', G .. 'kw:' .. key, id .. ' ' .. fmt(now + ttl),
+                        'PX', math.ceil(ttl * 1000) + 60000)
                 end
             end
-            push(lanes, lane_key(QP, prio, tenant, task), { QP, prio, tenant, task, id })
-            push(zadds, QP .. 'r:' .. tenant, snow, id)
-            if aging[qi] and tonumber(prio) > 0 then
-                local age_at = fmt(now + aging[qi])
-                fields[#fields + 1] = 'age_at'
-                fields[#fields + 1] = age_at
-                push(zadds, QP .. 'aging', age_at, id)
+            fields[2], fields[4], fields[6] = id, flat[i + 1], flat[i + 2]
+            call('HSET', jk, unpack(fields))
+            if lane then
+                lane[#lane + 1] = '0'
+                lane[#lane + 1] = id
+                ready[#ready + 1] = snow
+                ready[#ready + 1] = id
+                if aged then
+                    aged[#aged + 1] = age_at
+                    aged[#aged + 1] = id
+                end
+            else
+                waiting[#waiting + 1] = '0'
+                waiting[#waiting + 1] = id
+                if due_list then
+                    due_list[#due_list + 1] = sdue
+                    due_list[#due_list + 1] = id
+                else
+                    linked[#linked + 1] = { id, after, g[12] }
+                end
             end
         end
-        fields[#fields + 1] = 'state'
-        fields[#fields + 1] = state
-        redis.call('HSET', jk, unpack(fields))
-        if state ~= 'queued' then
-            push(zadds, QP .. 's:' .. state, 0, id)
-        end
+    end
+    if inserted > 0 then
         local ckey = QP .. '\0' .. state .. ':' .. tenant
-        counts[ckey] = (counts[ckey] or 0) + 1
+        counts[ckey] = (counts[ckey] or 0) + inserted
+        if entry and not entry[6] then
+            entry[6] = call('ZCARD', lane_key(QP, prio, tenant, task)) -- no write to it yet
+        end
+        local tkey = QP .. '\0' .. tenant
+        if entry and not activated[tkey] then
+            -- The tenant's first ready job (in this queue): idleness banks no credit.
+            -- (Its ready set is written below, after every such check.) A lane of the
+            -- tenant that holds jobs already means the tenant has ready jobs: its ready
+            -- set exists, and the common case of a busy lane costs no EXISTS.
+            activated[tkey] = true
+            if entry[6] == 0 and call('EXISTS', QP .. 'r:' .. tenant) == 0 then
+                local vclock = tonumber(call('HGET', QP .. 'meta', 'vclock') or '0')
+                local vt = tonumber(call('HGET', QP .. 'tv', tenant) or '0')
+                call('HSET', QP .. 'tv', tenant, fmt(math.max(vt, vclock)))
+            end
+        end
     end
 end
 
 -- Variadic writes, in chunks that stay below Lua's unpack() limit.
 local function zadd_all(key, flat)
     for i = 1, #flat, 2000 do
-        redis.call('ZADD', key, unpack(flat, i, math.min(i + 1999, #flat)))
+        call('ZADD', key, unpack(flat, i, math.min(i + 1999, #flat)))
     end
 end
 for key, flat in pairs(zadds) do
-    zadd_all(key, flat)
-end
-for ckey, n in pairs(counts) do
-    local QP, field = string.match(ckey, '^(.-)%z(.*)$')
-    redis.call('HINCRBY', QP .. 'cnt', field, n)
-end
-for lane, entries in pairs(lanes) do
-    local first = entries[1]
-    local QP, prio, tenant, task = first[1], first[2], first[3], first[4]
-    local flat = {}
-    for _, e in ipairs(entries) do
-        flat[#flat + 1] = 0
-        flat[#flat + 1] = e[5]
+    if #flat > 0 then
+        zadd_all(key, flat)
     end
-    local before = redis.call('ZCARD', lane)
-    zadd_all(lane, flat)
-    if before == 0 then
-        -- The lane was empty: it joins its (prio, tenant), which may join its level.
-        local pt = QP .. 't:' .. prio .. ':' .. tenant
-        redis.call('ZADD', pt, 0, task)
-        if redis.call('ZCARD', pt) == 1 then
-            local vt = redis.call('HGET', QP .. 'tv', tenant) or '0'
-            redis.call('ZADD', QP .. 'p:' .. prio, vt, tenant)
+end
+for ckey, count_ in pairs(counts) do
+    local QP, field = string.match(ckey, '^(.-)%z(.*)$')
+    call('HINCRBY', QP .. 'cnt', field, count_)
+end
+for lane, entry in pairs(lanes) do
+    local flat = entry[5]
+    if #flat > 0 then
+        local QP, prio, tenant, task = entry[1], entry[2], entry[3], entry[4]
+        zadd_all(lane, flat)
+        if entry[6] == 0 then
+            -- The lane was empty: it joins its (prio, tenant), which may join its level.
+            if pt_add(QP, prio, tenant, task) then
+                local vt = call('HGET', QP .. 'tv', tenant) or '0'
+                call('ZADD', QP .. 'p:' .. prio, vt, tenant)
+            end
         end
     end
 end

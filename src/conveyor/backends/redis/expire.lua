@@ -45,14 +45,7 @@ for i = 4, #ARGV, 4 do
             .. '"message":"no external completion before the deadline","traceback":null,"at":'
             .. snow .. '}')
         redis.call('HDEL', key, 'lease_expires_at')
-        local new
-        if attempt >= tonumber(f[5]) then
-            new = 'dead'
-        elseif delay > 0 then
-            new = 'retrying'
-        else
-            new = 'queued'
-        end
+        local new = retry_state(attempt, tonumber(f[5]), delay)
         set_state(G, QP, id, tenant, 'waiting', new)
         redis.call('HSET', key, 'priority', f[7])
         if new == 'queued' then

@@ -1,6 +1,7 @@
 -- query: jobs matching every given filter, newest first, at most `limit` per
--- (queue, state); the caller merges. Operator tool: walks the state indexes, and for
--- 'queued' the lanes (each already one tenant's jobs of one task, in id order).
+-- (queue, state); the caller merges. Operator tool: walks the state indexes, for
+-- 'queued' the lanes (each already one tenant's jobs of one task, in id order), and for
+-- 'running' the leases.
 --
 -- KEYS[1]  routing key   ARGV[1]  G   ARGV[2]  limit
 -- ARGV[3]  tenant filter ('1' = on)   ARGV[4]  tenant   ARGV[5]  task filter ('1' = on)
@@ -19,7 +20,7 @@ local function ready_newest(QP)
     for prio = 0, 9 do
         for _, tenant in ipairs(redis.call('ZRANGE', QP .. 'p:' .. prio, 0, -1)) do
             if not by_tenant or tenant == want_tenant then
-                for _, task in ipairs(redis.call('ZRANGE', QP .. 't:' .. prio .. ':' .. tenant, 0, -1)) do
+                for _, task in ipairs(pt_tasks(QP, prio, tenant)) do
                     if not by_task or task == want_task then
                         local lane = lane_key(QP, prio, tenant, task)
                         for _, id in ipairs(redis.call('ZRANGE', lane, 0, limit - 1, 'REV')) do
@@ -36,11 +37,36 @@ local function ready_newest(QP)
     end
 end
 
+-- The newest `limit` running jobs of a queue: 'leases' holds exactly the running ids,
+-- ordered by lease expiry, so sort them by id (running jobs are bounded by the slots).
+local function running_newest(QP)
+    local ids = redis.call('ZRANGE', QP .. 'leases', 0, -1)
+    table.sort(ids, function(a, b) return a > b end)
+    local found = 0
+    for _, id in ipairs(ids) do
+        if found >= limit then
+            break
+        end
+        local key = jkey(G, id)
+        local ok = true
+        if by_tenant or by_task then
+            local f = redis.call('HMGET', key, 'tenant', 'task')
+            ok = (not by_tenant or f[1] == want_tenant) and (not by_task or f[2] == want_task)
+        end
+        if ok then
+            out[#out + 1] = redis.call('HGETALL', key)
+            found = found + 1
+        end
+    end
+end
+
 for q = 8 + ns, #ARGV do
     local QP = ARGV[q]
     for s = 8, 7 + ns do
         if ARGV[s] == 'queued' then
             ready_newest(QP)
+        elseif ARGV[s] == 'running' then
+            running_newest(QP)
         else
             local index = QP .. 's:' .. ARGV[s]
             local found, offset = 0, 0

@@ -6,7 +6,8 @@
 --       G..'rres'  zset  bucket name..'\0'..job id -> start of the reserved slot
 -- Returns '0' (run now) or the seconds until the job's reserved slot (as a string),
 -- having moved the job back to scheduled until then, attempt given back (cancelled
--- instead if a cancel was requested). A lease that no longer holds changes nothing.
+-- instead if a cancel was requested, and recorded in the outbox). A lease that no
+-- longer holds changes nothing.
 local now = clock(ARGV[1])
 local G, id, token = ARGV[2], ARGV[3], ARGV[4]
 local key = jkey(G, id)
@@ -48,6 +49,8 @@ if f[7] == '1' then
     redis.call('HSET', key, 'finished_at', fmt(now))
     set_expiry(G, QP, id, f[8], now)
     release_key(G, id, f[9])
+    -- No worker outcome will announce it (the attempt was given back): the outbox does.
+    outbox(G, 'job.cancelled', id)
     settle_dependents(G, id, 'cancelled', task, now)
 else
     set_state(G, QP, id, tenant, 'running', 'scheduled')

@@ -1,5 +1,6 @@
 -- reap: expired leases go back to queued, or dead when out of attempts, or cancelled
--- when a cancel was requested; the attempt records WorkerLost.
+-- when a cancel was requested (recorded in the outbox: the lost worker will never
+-- announce it); the attempt records WorkerLost.
 --
 -- KEYS[1]  routing key   ARGV[1]  now ('' = Redis TIME)   ARGV[2]  G
 -- ARGV[3..]  queue prefixes QP
@@ -42,6 +43,8 @@ for i = 3, #ARGV do
                 redis.call('HSET', key, 'finished_at', snow)
                 if new == 'cancelled' then
                     set_expiry(G, QP, id, f[7], now)
+                    -- Its worker is gone and will not announce it: the outbox does.
+                    outbox(G, 'job.cancelled', id)
                 end
                 release_key(G, id, f[8])
                 settle_dependents(G, id, new, task, now)
