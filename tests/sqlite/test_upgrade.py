@@ -71,5 +71,36 @@ async def test_version_2_file_is_upgraded_and_can_park_jobs(tmp_path: Path) -> N
     finally:
         await backend.close()
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    conn.close()
+
+
+V3 = Path(__file__).with_name("schema_v3.sql")
+
+
+async def test_version_3_file_gets_the_outbox_in_place(tmp_path: Path) -> None:
+    """Version 4 only adds the outbox table and its trigger: no rebuild, jobs kept."""
+    path = tmp_path / "v3.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(V3.read_text())
+    conn.execute(
+        "INSERT INTO jobs (id, task, queue, tenant, priority, base_priority, state, args_json,"
+        " kwargs_json, max_attempts, enqueued_at, ready_at)"
+        " VALUES ('03', 'old.task', 'default', '', 5, 5, 'queued', '[3]', '{}', 3, 1.0, 1.0)"
+    )
+    conn.commit()
+    conn.close()
+
+    backend = SQLiteBackend(f"sqlite:///{path}")
+    await backend.open()
+    try:
+        assert await backend.cancel("03") is JobState.CANCELLED
+        (event,) = await backend.take_events(10)
+        assert (event.name, event.job_id) == ("job.cancelled", "03")
+        (row,) = await backend.stats()
+        assert (row.queued, row.cancelled) == (0, 1)  # the lane counters held
+    finally:
+        await backend.close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     conn.close()

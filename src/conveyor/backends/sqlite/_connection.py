@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import random
 import re
 import sqlite3
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
@@ -14,29 +16,52 @@ from conveyor.backends.sqlite import _sql
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: RETURNING (3.35) is used by claim, heartbeat and try_lock.
 MIN_SQLITE = (3, 35, 0)
-BUSY_TIMEOUT_MS = 30_000
+#: Seconds a write waits for another process's write lock before giving up.
+BUSY_TIMEOUT = 30.0
 
 
-def synchronous_mode(url: str) -> str:
-    """The ``synchronous`` pragma from ``?synchronous=full|normal`` (default NORMAL).
+class StoreBusy(sqlite3.OperationalError):
+    """Another connection held the write lock for longer than the busy timeout.
 
-    WAL + NORMAL survives a crash or ``kill -9`` of any process; only an OS crash or
-    power loss can lose the last commits. FULL survives those too, at an fsync per commit.
-    """
-    value = "normal"
+    Transient: the worker logs it and tries again, as it does for a dropped
+    connection on the network engines (the transaction was rolled back)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    #: The ``synchronous`` pragma. WAL + NORMAL survives a crash or ``kill -9`` of any
+    #: process; only an OS crash or power loss can lose the last commits. FULL survives
+    #: those too, at an fsync per commit.
+    synchronous: str = "NORMAL"
+    busy_timeout: float = BUSY_TIMEOUT
+
+
+def url_options(url: str) -> Options:
+    """``?synchronous=full|normal`` (default normal) and ``?busy_timeout=<seconds>``
+    (default 30)."""
+    options = Options()
     for name, raw in parse_qsl(urlsplit(url).query, keep_blank_values=True):
-        if name != "synchronous":
+        if name == "synchronous":
+            if raw.lower() not in ("full", "normal"):
+                raise ValueError(f"synchronous must be full or normal, not {raw!r} ({url!r})")
+            options = replace(options, synchronous=raw.upper())
+        elif name == "busy_timeout":
+            try:
+                seconds = float(raw)
+            except ValueError:
+                seconds = -1.0
+            if not 0 < seconds < math.inf:
+                raise ValueError(f"busy_timeout must be a number of seconds > 0, not {raw!r}")
+            options = replace(options, busy_timeout=seconds)
+        else:
             raise ValueError(f"unknown SQLite URL option {name!r} in {url!r}")
-        value = raw.lower()
-        if value not in ("full", "normal"):
-            raise ValueError(f"synchronous must be full or normal, not {raw!r} ({url!r})")
-    return value.upper()
+    return options
 
 
-def connect(path: str, synchronous: str) -> sqlite3.Connection:
+def connect(path: str, options: Options) -> sqlite3.Connection:
     """A configured connection to ``path`` with the schema in place.
 
     Call it on the thread that will own the connection.
@@ -48,7 +73,7 @@ def connect(path: str, synchronous: str) -> sqlite3.Connection:
     try:
         conn = sqlite3.connect(
             path,
-            timeout=BUSY_TIMEOUT_MS / 1000,
+            timeout=options.busy_timeout,
             isolation_level=None,  # transactions are explicit: BEGIN IMMEDIATE ... COMMIT
             cached_statements=256,
             # Used only from the backend's own thread, except for the final close at
@@ -58,11 +83,13 @@ def connect(path: str, synchronous: str) -> sqlite3.Connection:
     except sqlite3.OperationalError as exc:
         raise sqlite3.OperationalError(f"cannot open SQLite file {path!r}: {exc}") from exc
     try:
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        mode = _when_unlocked(lambda: conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+        conn.execute(f"PRAGMA busy_timeout = {round(options.busy_timeout * 1000)}")
+        mode = _when_unlocked(
+            lambda: conn.execute("PRAGMA journal_mode = WAL").fetchone()[0], options.busy_timeout
+        )
         if str(mode).lower() != "wal":
             raise RuntimeError(f"cannot switch {path!r} to WAL (journal mode {mode})")
-        conn.execute(f"PRAGMA synchronous = {synchronous}")
+        conn.execute(f"PRAGMA synchronous = {options.synchronous}")
         # The claim's ORDER BY ... LIMIT 1 sorters are tiny; with the default
         # file-backed temp store each one costs a temp-file round trip (100+ us).
         conn.execute("PRAGMA temp_store = MEMORY")
@@ -76,7 +103,7 @@ def connect(path: str, synchronous: str) -> sqlite3.Connection:
     return conn
 
 
-def _when_unlocked(step: Callable[[], T]) -> T:
+def _when_unlocked(step: Callable[[], T], budget: float) -> T:
     """Run ``step``, retrying while another connection holds the lock it needs.
 
     Switching a fresh file to WAL needs an exclusive lock. When several processes open
@@ -84,7 +111,7 @@ def _when_unlocked(step: Callable[[], T]) -> T:
     of waiting (two shared holders both wanting exclusive would deadlock), so the busy
     timeout never applies: wait and retry here, within the same time budget.
     """
-    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    deadline = time.monotonic() + budget
     while True:
         try:
             return step()

@@ -7,14 +7,16 @@ on the connection's own thread, and gets the primitive's ``now`` from it.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from conveyor.backends.base import (
     EXTERNAL_TIMEOUT,
     EXTERNAL_TIMEOUT_MESSAGE,
+    OUTBOX_RETENTION,
     ExternalReply,
     QueueStats,
     RetryDelay,
+    StoreEvent,
     external_refusal,
     job_error_json,
 )
@@ -55,11 +57,15 @@ def reap(conn: sqlite3.Connection, now: float, q: Queries) -> tuple[int, list[st
             "now": now,
             "error": job_error_json(attempt, "WorkerLost", WORKER_LOST, now),
         }
-        for job_id, token, attempt, _ in expired
+        for job_id, token, attempt, _, _ in expired
     ]
     reaped: int = conn.executemany(q.reap_one, params).rowcount
-    # Same transaction as the read, so every row read was reaped as predicted.
-    return reaped, [str(job_id) for job_id, _, _, dies in expired if dies]
+    # Same transaction as the read, so every row read was reaped as predicted: those
+    # with a cancel request are now cancelled, and owe their announcement (outbox).
+    cancelled = [{"id": job_id, "now": now} for job_id, _, _, _, cancel in expired if cancel]
+    if cancelled:
+        conn.executemany(q.record_cancelled, cancelled)
+    return reaped, [str(job_id) for job_id, _, _, dies, _ in expired if dies]
 
 
 def expire_waiting(
@@ -94,7 +100,17 @@ def purge(conn: sqlite3.Connection, now: float, q: Queries, limit: int) -> int:
     if deleted < limit:
         conn.execute(q.prune_tenants)
         conn.execute(q.purge_key_windows, {"now": now})
+        conn.execute(q.purge_outbox, {"before": now - OUTBOX_RETENTION})
     return deleted
+
+
+def take_events(conn: sqlite3.Connection, now: float, q: Queries, limit: int) -> list[StoreEvent]:
+    rows = conn.execute(q.take_events, {"limit": max(0, limit)}).fetchall()
+    return [StoreEvent(ref=str(seq), name=name, job_id=job_id) for seq, name, job_id in rows]
+
+
+def ack_events(conn: sqlite3.Connection, now: float, q: Queries, refs: Sequence[str]) -> None:
+    conn.executemany(q.ack_event, [{"seq": int(ref)} for ref in refs if ref.isdigit()])
 
 
 def try_lock(

@@ -94,6 +94,10 @@ class Queries:
     job_counts: str
     tenant_settings: str
     waiting_counts: str
+    take_events: str
+    record_cancelled: str
+    ack_event: str
+    purge_outbox: str
     # workflow.sql
     dependency_state: str
     insert_dependency: str

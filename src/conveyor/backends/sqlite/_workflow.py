@@ -108,5 +108,9 @@ def take_rate(
     for bucket in buckets:  # every slot stays reserved until the job comes back
         conn.execute(q.reserve_rate, {"name": bucket.name, "id": lease.id, "start": start})
     conn.execute(q.forget_old_reservations, {"before": now - RESERVATION_MAX_AGE})
-    conn.execute(q.defer_running, {**fenced, "start": start, "now": now})
+    row = conn.execute(q.defer_running, {**fenced, "start": start, "now": now}).fetchone()
+    if row is not None and row[0] == "cancelled":
+        # A cancel was pending: the job ends here, with no outcome for its worker to
+        # announce (and the outbox trigger leaves running -> cancelled out).
+        conn.execute(q.record_cancelled, {"id": lease.id, "now": now})
     return start - now

@@ -1,7 +1,7 @@
 -- Maintenance and operator statements: reaper, purge, locks, reads, cancel, replay,
 -- tenant and queue settings, stats.
 --
--- Tables: jobs (read and written), tenants and queues (settings), locks. As in
+-- Tables: jobs (read and written), tenants and queues (settings), locks, outbox. As in
 -- worker.sql, the counters in lanes/tenants/task_running are kept by the triggers in
 -- schema.sql.
 --
@@ -12,8 +12,9 @@
 
 -- name: expired_leases
 -- Running jobs whose lease ended at or before :now (and whether reaping sends them to
--- dead: no attempt left and no cancel request).
-SELECT id, lease_token, attempt, attempt >= max_attempts AND NOT cancel_requested
+-- dead: no attempt left and no cancel request; and whether it cancels them).
+SELECT id, lease_token, attempt, attempt >= max_attempts AND NOT cancel_requested,
+       cancel_requested
 FROM jobs INDEXED BY jobs_leases
 WHERE state = 'running' AND lease_expires_at <= :now;
 
@@ -225,3 +226,25 @@ SELECT queue, tenant, weight, max_running FROM tenants;
 SELECT queue, tenant, priority, state, count(*) FROM jobs
 WHERE state IN ('blocked', 'scheduled', 'queued', 'waiting', 'retrying')
 GROUP BY queue, tenant, priority, state;
+
+
+-- name: take_events
+-- The oldest :limit outbox entries (left in place until ack_event deletes them).
+SELECT seq, event, job_id FROM outbox ORDER BY seq LIMIT :limit;
+
+
+-- name: record_cancelled
+-- A running job cancelled with no worker outcome to announce it: the reaper's (its
+-- worker was lost while a cancel was pending) and a rate-limit deferral's (take_rate,
+-- a cancel pending). The outbox trigger leaves running -> cancelled out (a live worker
+-- announces its own cancels), so these callers record it here.
+INSERT INTO outbox (event, job_id, recorded_at) VALUES ('job.cancelled', :id, :now);
+
+
+-- name: ack_event
+DELETE FROM outbox WHERE seq = :seq;
+
+
+-- name: purge_outbox
+-- Entries nobody drained within the retention (no worker ran maintenance).
+DELETE FROM outbox WHERE recorded_at < :before;

@@ -45,6 +45,7 @@ from conveyor.backends.base import (
     QueueStats,
     RateBucket,
     RetryDelay,
+    StoreEvent,
     depth_counts,
 )
 from conveyor.backends.sqlite import _connection, _ops, _sql, _workflow
@@ -87,10 +88,14 @@ class SQLiteBackend(Backend):
         external_completion=True,
     )
 
+    #: ``StoreBusy``: a write waited longer than busy_timeout for another connection's
+    #: write lock (a long manual transaction, a backup): retried, not fatal.
+    transient_errors = (ConnectionError, TimeoutError, _connection.StoreBusy)
+
     def __init__(self, url: str, *, clock: Clock | None = None) -> None:
         super().__init__(url, clock=clock)
         self.path = sqlite_path(url)
-        self._synchronous = _connection.synchronous_mode(url)
+        self._options = _connection.url_options(url)
         self._q = _sql.Queries.load()
         self._conn: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -144,7 +149,17 @@ class SQLiteBackend(Backend):
         conn = self._conn
         if conn is None:
             raise RuntimeError("the SQLite backend is closed")
-        conn.execute(begin)
+        try:
+            conn.execute(begin)
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                # Waited busy_timeout for another connection's write lock: nothing was
+                # done, so the caller may simply try again (a worker does).
+                raise _connection.StoreBusy(
+                    f"{self.path}: {exc} (another connection held the write lock for "
+                    f"more than busy_timeout={self._options.busy_timeout:g} s)"
+                ) from exc
+            raise
         # Read the clock only once we hold the lock: BEGIN IMMEDIATE may wait up to
         # busy_timeout for another writer, and a lease granted or renewed with the time
         # from before that wait would already be (partly) over when it is committed.
@@ -167,7 +182,7 @@ class SQLiteBackend(Backend):
         self._pending = 0  # a submission refused by a closed executor never started
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="conveyor-sqlite")
         try:
-            self._conn = await self._run(lambda: _connection.connect(self.path, self._synchronous))
+            self._conn = await self._run(lambda: _connection.connect(self.path, self._options))
         except BaseException:
             self._executor.shutdown(wait=False)
             self._executor = None
@@ -431,6 +446,13 @@ class SQLiteBackend(Backend):
             total += deleted
             if deleted < PURGE_CHUNK:
                 return total
+
+    async def take_events(self, limit: int) -> list[StoreEvent]:
+        return await self._read(lambda conn, now: _ops.take_events(conn, now, self._q, limit))
+
+    async def ack_events(self, refs: Sequence[str]) -> None:
+        if refs:
+            await self._write(lambda conn, now: _ops.ack_events(conn, now, self._q, refs))
 
     async def try_lock(self, name: str, owner: str, ttl: float) -> bool:
         return await self._write(

@@ -1,4 +1,5 @@
--- Conveyor SQLite schema, version 3 (versions 1 and 2 are upgraded by _connection.py).
+-- Conveyor SQLite schema, version 4 (versions 1 and 2 are upgraded by _connection.py;
+-- version 3 only lacks the outbox, which this script adds).
 --
 -- Tables
 --   jobs          one row per job (the only table with real data)
@@ -13,6 +14,8 @@
 --   key_windows   dedup keys reserved for a unique_for= window, whatever the job's state
 --   rate_buckets  rate limits' state: the theoretical arrival time (tat) of each bucket
 --   rate_reservations  slots reserved by jobs deferred until their turn
+--   outbox        events the store produced itself (job.cancelled of jobs no worker
+--                 held), drained by the maintenance loop (Backend.take_events)
 --
 -- Parameters: none. SQLiteBackend.open() runs this file inside one BEGIN IMMEDIATE
 -- transaction; every statement is IF NOT EXISTS, so processes that open a fresh file at
@@ -312,6 +315,30 @@ BEGIN
     DELETE FROM job_deps WHERE parent = NEW.id;
 END;
 
+-- ---------------------------------------------------------------------------------------
+-- The outbox. A job that becomes cancelled from any state but running was cancelled by
+-- the store itself (cancel of a job no worker holds, or the dependency cascade above,
+-- recursive included): no worker will report it, so the same transaction records the
+-- announcement it owes. running -> cancelled is left out, so nothing is announced
+-- twice: a live worker announces its own cancels (and a retry or release the store
+-- turned into cancelled, worker/loop.py), and the reaper, which cancels the running
+-- job of a lost worker, records that one itself (admin.sql record_cancelled). Drained
+-- by take_events/ack_events (admin.sql); purge drops entries older than the retention.
+-- ---------------------------------------------------------------------------------------
+CREATE TABLE IF NOT EXISTS outbox (
+    seq     INTEGER PRIMARY KEY,   -- rowid: insertion order
+    event   TEXT NOT NULL,         -- 'job.cancelled'
+    job_id  TEXT NOT NULL,
+    recorded_at  REAL NOT NULL     -- store time it was recorded (retention)
+);
+
+CREATE TRIGGER IF NOT EXISTS jobs_outbox_cancelled AFTER UPDATE OF state ON jobs
+WHEN NEW.state = 'cancelled' AND OLD.state NOT IN ('running', 'cancelled')
+BEGIN
+    INSERT INTO outbox (event, job_id, recorded_at)
+    VALUES ('job.cancelled', NEW.id, coalesce(NEW.finished_at, NEW.enqueued_at));
+END;
+
 -- Small JSON documents that are not jobs (API tokens, ...): see records.sql.
 CREATE TABLE IF NOT EXISTS records (
     kind       TEXT NOT NULL,
@@ -321,4 +348,4 @@ CREATE TABLE IF NOT EXISTS records (
     PRIMARY KEY (kind, key)
 ) WITHOUT ROWID;
 
-PRAGMA user_version = 3;
+PRAGMA user_version = 4;

@@ -91,7 +91,8 @@ DELETE FROM rate_reservations WHERE start < :before;
 
 -- name: defer_running
 -- A running job over its rate limit waits for its reserved slot: scheduled until
--- :start with its attempt given back (cancelled if a cancel was requested meanwhile).
+-- :start with its attempt given back (cancelled if a cancel was requested meanwhile:
+-- the caller then records it in the outbox, as no worker outcome will announce it).
 UPDATE jobs
 SET state = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'scheduled' END,
     run_at = CASE WHEN cancel_requested THEN run_at ELSE :start END,
@@ -102,3 +103,4 @@ SET state = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'scheduled' END,
     lease_token = NULL,
     lease_expires_at = NULL
 WHERE id = :id AND lease_token = :token AND state = 'running'
+RETURNING state;
