@@ -52,6 +52,10 @@ class EnqueueOptions:
         return replace(self, **changes)
 
 
+#: The options of a call that sets none: ``App._new_job`` takes a fast path for it.
+NO_OPTIONS = EnqueueOptions()
+
+
 @dataclass(frozen=True, slots=True)
 class Signature:
     """A task call not yet enqueued: ``add.s(1, 2)``; pass many to ``app.enqueue_many``."""
@@ -59,7 +63,7 @@ class Signature:
     task: str
     args: tuple[Any, ...] = ()
     kwargs: Mapping[str, Any] = field(default_factory=dict)
-    options: EnqueueOptions = EnqueueOptions()
+    options: EnqueueOptions = NO_OPTIONS
     #: Set by workflows: a placeholder for dependencies' results, prepended to ``args``
     #: (see ``conveyor.workflow``), and the job's id chosen in advance so that later
     #: jobs of the same atomic enqueue can name it in ``after=``.
@@ -69,8 +73,17 @@ class Signature:
     app: Any = field(default=None, compare=False, repr=False)
 
 
+#: Task attributes that decide a job's queue and defaults (see ``App._plain_call``).
+_JOB_DEFAULTS = frozenset({"queue", "priority", "max_attempts", "timeout", "result_ttl"})
+
+
 class Task(Generic[P, R]):
     """A function registered with ``@app.task``. Calling it runs it here and now."""
+
+    #: The validated defaults of a call without options, with the app defaults they were
+    #: derived from; computed by ``App._new_job`` on first use, reset when one of the
+    #: attributes it depends on is assigned.
+    _plain: tuple[Any, ...] | None = None
 
     def __init__(
         self,
@@ -115,6 +128,11 @@ class Task(Generic[P, R]):
     def __repr__(self) -> str:
         return f"<Task {self.name}>"
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        if name in _JOB_DEFAULTS:
+            object.__setattr__(self, "_plain", None)
+
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:
         return self.fn(*args, **kwargs)
 
@@ -127,10 +145,10 @@ class Task(Generic[P, R]):
         return Signature(self.name, tuple(args), dict(kwargs), app=self.app)
 
     def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle:
-        return self.app._enqueue_signature(self.s(*args, **kwargs))
+        return self.app._enqueue_plain(self.name, args, kwargs)
 
     async def enqueue_async(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle:
-        return await self.app._enqueue_signature_async(self.s(*args, **kwargs))
+        return await self.app._enqueue_plain_async(self.name, args, kwargs)
 
 
 class BoundTask(Generic[P, R]):

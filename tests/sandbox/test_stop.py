@@ -38,7 +38,7 @@ def _sleeper(app: conveyor.App) -> conveyor.Task[[], None]:
 
 def test_cancel_kills_the_attempt(app: conveyor.App) -> None:
     h = _sleeper(app).enqueue()
-    worker = conveyor.Worker(app, lease=0.6, handle_signals=False)
+    worker = conveyor.Worker(app, lease=1.5, handle_signals=False)
     thread = in_background(worker, burst=True)
     pid, uid = announced(h)
     assert app.cancel(h.id) is JobState.RUNNING
@@ -69,7 +69,7 @@ def test_other_jobs_run_while_a_sandboxed_one_is_stopped(app: conveyor.App) -> N
         return n
 
     h = sleeper.enqueue()
-    worker = conveyor.Worker(app, concurrency=2, lease=0.6, handle_signals=False)
+    worker = conveyor.Worker(app, concurrency=2, lease=1.5, handle_signals=False)
     thread = in_background(worker)
     pid, uid = announced(h)
     quick_handles = [quick.enqueue(i) for i in range(10)]
@@ -86,7 +86,7 @@ def test_other_jobs_run_while_a_sandboxed_one_is_stopped(app: conveyor.App) -> N
 
 def test_a_lost_lease_kills_the_attempt(app: conveyor.App, tmp_path: Path) -> None:
     h = _sleeper(app).enqueue()
-    worker = conveyor.Worker(app, lease=0.6, handle_signals=False)
+    worker = conveyor.Worker(app, lease=1.5, handle_signals=False)
     thread = in_background(worker)
     pid, uid = announced(h)
     # As if the reaper had given the job to another worker: our token no longer holds.

@@ -216,6 +216,26 @@ STATS_STATES: tuple[str, ...] = (
 WAITING_STATES: tuple[str, ...] = ("blocked", "scheduled", "queued", "waiting", "retrying")
 
 
+#: Outbox entries older than this are dropped by ``purge`` even if never announced (no
+#: worker ran maintenance for that long): an announcement a week late helps no one, and
+#: the outbox must not grow without bound.
+OUTBOX_RETENTION = 7 * 86400.0
+#: The one event the store itself records today (see ``Backend.take_events``).
+JOB_CANCELLED = "job.cancelled"
+
+
+@dataclass(frozen=True, slots=True)
+class StoreEvent:
+    """An announcement the store owes: ``name`` happened to job ``job_id``.
+
+    ``ref`` is the entry's opaque position in the outbox, handed back to
+    ``ack_events`` once the event was announced."""
+
+    ref: str
+    name: str
+    job_id: str
+
+
 @dataclass(frozen=True, slots=True)
 class DepthCount:
     """How many jobs of one (queue, tenant, priority) are in one waiting state.
@@ -237,6 +257,11 @@ class Backend(abc.ABC):
     #: Errors that mean "the store is briefly unreachable or busy": the worker logs them,
     #: backs off and tries again instead of stopping.
     transient_errors: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError)
+    #: The default of ``Worker(prefetch=)``, in jobs per slot of its concurrency. An
+    #: engine whose claim costs much per call and little per job (a transaction and a
+    #: commit on PostgreSQL) raises it, so that each call of a worker on a deep queue of
+    #: short jobs carries more of them.
+    prefetch_per_slot: int = 1
 
     def __init__(self, url: str, *, clock: Clock | None = None) -> None:
         self.url = url
@@ -353,7 +378,8 @@ class Backend(abc.ABC):
         Returns 0.0: the job may run now. Otherwise the store has already reserved the
         job's slot in every bucket (the slots of later callers come after it) and moved
         the job back to ``scheduled`` until that slot, attempt given back (``cancelled``
-        instead if a cancel was requested); the caller drops the attempt. When the job
+        instead if a cancel was requested, recorded in the outbox: see ``take_events``);
+        the caller drops the attempt. When the job
         is claimed again, its reservations are used and it runs. Returns the seconds
         until the slot. A lease that no longer holds returns 0.0 and changes nothing
         (the worker's outcome will be rejected as usual).
@@ -373,7 +399,8 @@ class Backend(abc.ABC):
     # -- maintenance (run by one elected worker) ---------------------------------------
     @abc.abstractmethod
     async def reap(self) -> int:
-        """Expired leases: back to ``queued``, or ``dead`` when out of attempts.
+        """Expired leases: back to ``queued``, or ``dead`` when out of attempts, or
+        ``cancelled`` (recorded in the outbox) when a cancel was requested.
 
         Records the error ``WorkerLost: worker lost (lease expired)`` for the attempt.
         Returns how many jobs were reaped.
@@ -401,8 +428,33 @@ class Backend(abc.ABC):
 
     async def reap_lost(self) -> tuple[int, list[str]]:
         """``reap``, also returning the ids of the jobs it sent to ``dead`` (the worker
-        announces ``job.dead`` for them). Engines that cannot tell return no ids."""
+        announces ``job.dead`` for them). Engines that cannot tell return no ids. The
+        jobs it cancels (a cancel was pending) are recorded in the outbox instead."""
         return await self.reap(), []
+
+    # -- the outbox: events the store produced itself -----------------------------------
+    # The store cancels jobs no worker holds: a dependent whose dependency failed (the
+    # cascade, which is how a failed batch's merge job ends) and ``cancel`` of a job that
+    # is not running. No worker reports an outcome for those, so the same atomic
+    # operation appends ``("job.cancelled", id)`` to an outbox that the maintenance loop
+    # drains. So does a running job cancelled with no worker outcome behind it: the
+    # reaper's (``reap``: its worker is lost) and a rate-limit deferral's (``take_rate``:
+    # the attempt was given back). A running job cancelled by its worker's outcome (its
+    # own CANCELLED, or a retry, release or park the store turned into cancelled) is
+    # never recorded: its worker announces it, so nothing is said twice.
+    @abc.abstractmethod
+    async def take_events(self, limit: int) -> list[StoreEvent]:
+        """Up to ``limit`` of the oldest outbox entries, oldest first, left in place.
+
+        Delivery is at-least-once: the caller announces them, then ``ack_events``; a
+        caller that dies in between leaves them for the next one. One caller at a time
+        (the maintenance lock holder) is expected; two would announce the same entries.
+        """
+
+    @abc.abstractmethod
+    async def ack_events(self, refs: Sequence[str]) -> None:
+        """Delete the outbox entries ``refs`` (from ``take_events``); unknown refs are
+        ignored."""
 
     @abc.abstractmethod
     async def promote(self) -> int:
@@ -410,7 +462,8 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def purge(self) -> int:
-        """Delete finished jobs whose ``expires_at`` has passed."""
+        """Delete finished jobs whose ``expires_at`` has passed, and outbox entries
+        older than ``OUTBOX_RETENTION``."""
 
     @abc.abstractmethod
     async def try_lock(self, name: str, owner: str, ttl: float) -> bool:
@@ -443,7 +496,8 @@ class Backend(abc.ABC):
     async def cancel(self, job_id: str) -> JobState | None:
         """Cancel a job; returns its state afterwards (None if there is no such job).
 
-        Waiting jobs become ``cancelled`` at once; a running job gets a cancel request,
+        Waiting jobs become ``cancelled`` at once (recorded in the outbox, see
+        ``take_events``, as are the dependents this cancels); a running job gets a cancel request,
         stays ``running`` and is cancelled by its worker at the next check. A job that
         already finished is left alone and its final state returned.
         """

@@ -60,6 +60,8 @@ async def presence_loop(worker: Worker, backend: Backend) -> None:
             await backend.put_record(KIND, worker.id, _record(worker, started_at, now))
         except Exception as exc:
             log.warning("worker %s: presence heartbeat failed (%s)", worker.id, exc)
+        else:  # the exact counts of /metrics ride along (metrics.py)
+            await worker.counts.publish_quietly(backend)
         await asyncio.sleep(PRESENCE_INTERVAL)
 
 

@@ -1,0 +1,101 @@
+"""The plain enqueue path (a call without options): no ``Signature`` or ``EnqueueOptions``
+is built for it, and every check of the general path still applies, before any I/O."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import conveyor
+from conveyor import app as app_module
+from conveyor import serialize
+from conveyor.backends.base import NewJob
+from conveyor.serialize import PayloadTooLarge
+
+
+class Captured(conveyor.App):
+    """An app whose inserts are captured instead of stored (nothing is connected)."""
+
+    def __init__(self, **defaults: Any) -> None:
+        super().__init__("redis://127.0.0.1:1/0", **defaults)
+        self.inserted: list[NewJob] = []
+
+    def _insert_blocking(self, new_jobs: list[NewJob]) -> list[conveyor.JobHandle]:
+        self.inserted += new_jobs
+        return self._handles(job.id for job in new_jobs)
+
+
+@pytest.fixture
+def app() -> Captured:
+    return Captured(priority=4, result_ttl=60.0)
+
+
+def _no_signatures(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the plain path built a Signature")
+
+    monkeypatch.setattr(app_module, "Signature", refuse)
+    monkeypatch.setattr(conveyor.Task, "s", refuse)
+
+
+def test_plain_calls_build_no_signature(app: Captured, monkeypatch: pytest.MonkeyPatch) -> None:
+    @app.task(name="t", queue="q1", max_attempts=2)
+    def t(x: int, y: int = 0) -> None: ...
+
+    _no_signatures(monkeypatch)
+    t.enqueue(1, y=2)
+    app.enqueue("t", [3], {"y": 4}, tenant=None, priority=None)  # None: the defaults
+    app.enqueue("elsewhere", (5,))
+    app.enqueue_many([{"task": "t", "args": [6]}, {"task": "elsewhere"}])
+    got = [
+        (j.task, j.queue, j.priority, j.max_attempts, j.args_json, j.kwargs_json)
+        for j in app.inserted
+    ]
+    assert got == [
+        ("t", "q1", 4, 2, "[1]", '{"y":2}'),
+        ("t", "q1", 4, 2, "[3]", '{"y":4}'),
+        ("elsewhere", "default", 4, 3, "[5]", "{}"),
+        ("t", "q1", 4, 2, "[6]", "{}"),
+        ("elsewhere", "default", 4, 3, "[]", "{}"),
+    ]
+    assert all(j.tenant is None and j.result_ttl == 60.0 for j in app.inserted)
+    assert len({j.id for j in app.inserted}) == 5
+
+
+def test_plain_calls_are_validated_like_any_other(app: Captured) -> None:
+    @app.task(name="t")
+    def t(*args: Any) -> None: ...
+
+    with pytest.raises(TypeError, match="unknown option"):
+        app.enqueue("t", tennant=None)  # a misspelt option is refused even as None
+    with pytest.raises(TypeError, match="unknown option"):
+        app.enqueue_many([{"task": "t", "tennant": None}])
+    with pytest.raises(TypeError, match="args must be a list"):
+        app.enqueue("t", args="abc")
+    with pytest.raises(TypeError, match="args is not JSON-serializable"):
+        t.enqueue(object())
+    with pytest.raises(TypeError, match="kwargs is not JSON-serializable"):
+        app.enqueue("t", [], {"x": {1}})
+    with pytest.raises(PayloadTooLarge):
+        t.enqueue("x" * (2 * 1024 * 1024))
+    with pytest.raises(ValueError, match="reserved"):
+        t.enqueue({"$conveyor": "results"})
+    with pytest.raises(ValueError, match="task name"):
+        app.enqueue("")
+    with pytest.raises(ValueError, match="task name"):
+        app.enqueue_many([{"task": ""}])
+    assert app.inserted == []  # nothing reached the store
+
+
+def test_options_that_are_set_still_take_the_general_path(app: Captured) -> None:
+    app.enqueue("t", tenant="org-1", priority=None)
+    app.enqueue_many([{"task": "t", "args": [1], "priority": 0}])
+    assert [(j.tenant, j.priority) for j in app.inserted] == [("org-1", 4), (None, 0)]
+
+
+def test_a_value_that_contains_itself_is_refused() -> None:
+    loop: list[Any] = []
+    loop.append(loop)
+    with pytest.raises(TypeError, match="args is not JSON-serializable"):
+        serialize.encode_arguments([loop], {})
