@@ -1,6 +1,6 @@
 """Redis backend: dequeue cost stays flat as the backlog and the tenant count grow.
 
-    python benchmarks/redis_scale.py --url redis://127.0.0.1:6379/0
+    python benchmarks/redis_scale.py --url redis://127.0.0.1:6379/0 [--only tenants]
 
 Measures claim(10) + finish(10) round trips through the backend protocol (no worker
 process, so only the store's cost moves) in four setups, each in its own key prefix
@@ -59,9 +59,21 @@ async def fill(backend: Backend, jobs: int, tenants: int) -> float:
     return jobs / (time.perf_counter() - started)
 
 
-async def drain_rate(backend: Backend, jobs: int, limit: int = 10) -> float:
-    """Claim+finish throughput over ``jobs`` jobs."""
+def server_cpu(client: redis.Redis) -> float:
+    """CPU seconds the Redis server has used (user + system, main thread included)."""
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+async def drain_rate(
+    backend: Backend, jobs: int, limit: int = 10, client: redis.Redis | None = None
+) -> tuple[float, float]:
+    """Claim+finish throughput over ``jobs`` jobs, and the CPU seconds per job of this
+    process plus the server (when ``client`` is given): the CPU figure moves much less
+    than the rate with the load of other work on a shared machine."""
     done = 0
+    cpu = time.process_time()
+    server = server_cpu(client) if client else 0.0
     started = time.perf_counter()
     while done < jobs:
         got = await backend.claim(["default"], limit, worker="bench", lease=60.0)
@@ -69,7 +81,9 @@ async def drain_rate(backend: Backend, jobs: int, limit: int = 10) -> float:
             break
         await backend.finish([Outcome(j.id, j.lease_token, OutcomeKind.SUCCEEDED) for j in got])
         done += len(got)
-    return done / (time.perf_counter() - started)
+    rate = done / (time.perf_counter() - started)
+    used = time.process_time() - cpu + (server_cpu(client) - server if client else 0.0)
+    return rate, used / max(done, 1)
 
 
 def delete_prefix(url: str, prefix: str) -> None:
@@ -102,27 +116,44 @@ async def compare(
         for backend in backends:  # warm-up
             await drain_rate(backend, 200)
         rates: list[list[float]] = [[], []]
+        cpus: list[list[float]] = [[], []]
+        client = redis.Redis.from_url(url)
         for _ in range(rounds):
             for i, backend in enumerate(backends):
-                rates[i].append(await drain_rate(backend, chunk))
+                rate, cpu = await drain_rate(backend, chunk, client=client)
+                rates[i].append(rate)
+                cpus[i].append(cpu)
+        client.close()
     finally:
         for backend, prefix in zip(backends, prefixes, strict=True):
             await backend.close()
             delete_prefix(url, prefix)
     ratios = sorted(b / a for a, b in zip(rates[0], rates[1], strict=True))
+    # The same ratio from CPU time per job (client + server): small's over big's.
+    cpu_ratios = sorted(a / b for a, b in zip(cpus[0], cpus[1], strict=True))
     return {
         "small": {"queued": small[0], "tenants": small[1], "enqueue_per_s": enqueue_rates[0]},
         "big": {"queued": big[0], "tenants": big[1], "enqueue_per_s": enqueue_rates[1]},
         "small_claim_finish_per_s": round(statistics.median(rates[0])),
         "big_claim_finish_per_s": round(statistics.median(rates[1])),
         "ratio": round(ratios[len(ratios) // 2], 3),
+        "small_cpu_us_per_job": round(statistics.median(cpus[0]) * 1e6, 1),
+        "big_cpu_us_per_job": round(statistics.median(cpus[1]) * 1e6, 1),
+        "cpu_ratio": round(cpu_ratios[len(cpu_ratios) // 2], 3),
     }
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
-    backlog = await compare(args.url, (10_000, 1), (args.big, 1), args.rounds, args.chunk)
-    tenants = await compare(args.url, (100_000, 1), (100_000, 10_000), args.rounds, args.chunk)
-    return {"backlog": backlog, "tenants": tenants}
+    result: dict[str, Any] = {}
+    if args.only in (None, "backlog"):
+        result["backlog"] = await compare(
+            args.url, (10_000, 1), (args.big, 1), args.rounds, args.chunk
+        )
+    if args.only in (None, "tenants"):
+        result["tenants"] = await compare(
+            args.url, (100_000, 1), (100_000, 10_000), args.rounds, args.chunk
+        )
+    return result
 
 
 def main() -> None:
@@ -131,6 +162,7 @@ def main() -> None:
     parser.add_argument("--big", type=int, default=1_000_000, help="jobs in the big backlog")
     parser.add_argument("--rounds", type=int, default=9, help="alternating measurements")
     parser.add_argument("--chunk", type=int, default=500, help="jobs claimed per measurement")
+    parser.add_argument("--only", choices=["backlog", "tenants"], help="run one comparison")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
     result = asyncio.run(main_async(args))
@@ -139,7 +171,9 @@ def main() -> None:
             f"{name}: {r['small']['queued']:,} queued / {r['small']['tenants']:,} tenant(s): "
             f"{r['small_claim_finish_per_s']:,} jobs/s;  {r['big']['queued']:,} queued / "
             f"{r['big']['tenants']:,} tenant(s): {r['big_claim_finish_per_s']:,} jobs/s;  "
-            f"ratio {r['ratio']:.2f} (bar 0.80)"
+            f"ratio {r['ratio']:.2f} (bar 0.80);  CPU (client + Redis) per job "
+            f"{r['small_cpu_us_per_job']} / {r['big_cpu_us_per_job']} µs: "
+            f"ratio {r['cpu_ratio']:.2f}"
         )
     if args.json:
         with open(args.json, "w") as f:

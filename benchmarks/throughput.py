@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shlex
 import statistics
 import subprocess
@@ -39,13 +40,45 @@ def start_worker(url: str, concurrency: int, burst: bool) -> subprocess.Popen[by
     return subprocess.Popen(cmd, cwd=HERE, env=env)
 
 
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user + sys) of process ``pid`` and its children, live or reaped
+    (Linux /proc): a local database server's, e.g. a private PostgreSQL's postmaster,
+    whose connection backends exit when the worker closes its connections."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(entry) == pid:  # utime + stime, and those of its children it reaped
+            total += sum(int(f) for f in fields[11:15]) / tick
+        elif int(fields[1]) == pid:  # fields[1]: the parent's pid
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def measure(
-    url: str, n: int, concurrency: int, task: str, single: int, latency: int, enqueue_only: bool
+    url: str,
+    n: int,
+    concurrency: int,
+    task: str,
+    single: int,
+    latency: int,
+    enqueue_only: bool,
+    server_pid: int | None = None,
 ) -> dict[str, Any]:
     os.environ["CONVEYOR_URL"] = url
     import bench_tasks
@@ -53,6 +86,15 @@ def measure(
 
     app = bench_tasks.app
     t = app.tasks[task]
+
+    # 0. the CPU cost of a worker that starts, finds nothing and stops (burst mode):
+    # subtracted below, so the per-job CPU figures count the jobs only.
+    start_cpu = children_cpu()
+    if not enqueue_only:
+        worker = start_worker(url, concurrency, burst=True)
+        if worker.wait(timeout=600) != 0:
+            raise SystemExit("worker failed")
+    start_cpu = children_cpu() - start_cpu
 
     # 1. enqueue, one call per job (rate, and this process's CPU time per call)
     started, cpu = time.perf_counter(), time.process_time()
@@ -81,9 +123,13 @@ def measure(
 
     # 3. drain everything with one worker process
     total = n + single
+    worker_cpu = children_cpu()
+    server_cpu = tree_cpu(server_pid) if server_pid else 0.0
     worker = start_worker(url, concurrency, burst=True)
     if worker.wait(timeout=600) != 0:
         raise SystemExit("worker failed")
+    worker_cpu = children_cpu() - worker_cpu - start_cpu
+    server_cpu = tree_cpu(server_pid) - server_cpu if server_pid else 0.0
     done = app.jobs(state="succeeded", limit=total + 10)
     if len(done) != total:
         raise SystemExit(f"expected {total} succeeded jobs, found {len(done)}")
@@ -118,6 +164,8 @@ def measure(
         "concurrency": concurrency,
         "task": task,
         "processed_per_s": round(process_rate),
+        "worker_cpu_us_per_job": round(worker_cpu / total * 1e6, 1),
+        **({"server_cpu_us_per_job": round(server_cpu / total * 1e6, 1)} if server_pid else {}),
         "pickup_p50_ms": round(statistics.median(waits), 2),
         "pickup_p99_ms": round(percentile(waits, 0.99), 2),
     }
@@ -131,6 +179,12 @@ def main() -> None:
     parser.add_argument("-c", "--concurrency", type=int, default=10)
     parser.add_argument("--task", default="bench.noop", choices=["bench.noop", "bench.anoop"])
     parser.add_argument("--latency-samples", type=int, default=200)
+    parser.add_argument(
+        "--server-pid",
+        type=int,
+        help="pid of a LOCAL database server (e.g. a private PostgreSQL's postmaster): "
+        "also report its CPU time per processed job (Linux only)",
+    )
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument(
         "--enqueue-only",
@@ -149,6 +203,7 @@ def main() -> None:
             args.single,
             args.latency_samples,
             args.enqueue_only,
+            args.server_pid,
         )
     result["machine"] = (
         f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}"

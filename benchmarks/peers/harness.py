@@ -81,6 +81,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="write a PNG bar chart (default docs/img/peers.png)",
     )
     parser.add_argument("--workdir", type=Path, help="record files and worker logs")
+    parser.add_argument(
+        "--enqueue-only",
+        action="store_true",
+        help="measure the two enqueue rates only (no workers, no processing, pickup or fairness)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.jobs = min(args.jobs, 500)
@@ -131,6 +136,11 @@ def open_peer(name: str) -> Peer:
 
 def one_repeat(peer: Peer, settings: measure.Settings) -> dict[str, Any]:
     run: dict[str, Any] = {}
+    if settings.enqueue_only:
+        run["enqueue_single_per_s"] = measure.enqueue_rate(peer, settings, bulk=False)
+        bulk = measure.enqueue_rate(peer, settings, bulk=True) if peer.has_bulk else None
+        run["enqueue_bulk_per_s"] = bulk
+        return run
     single, run["processed_per_s_1p"], run["rated_jobs_1p"] = measure.enqueue_and_process(
         peer, settings, processes=1, bulk=False
     )
@@ -239,6 +249,7 @@ def main(argv: list[str]) -> int:
             timeout=args.timeout,
             drain_budget=args.drain_budget,
             workdir=workdir,
+            enqueue_only=args.enqueue_only,
         )
         rows = run_all(systems, args.repeats, settings)
     finally:
@@ -247,7 +258,7 @@ def main(argv: list[str]) -> int:
     print()
     print(table(rows))
     print()
-    for line in ratios(rows):
+    for line in [] if args.enqueue_only else ratios(rows):
         print(line)
     result = {
         "command": command,

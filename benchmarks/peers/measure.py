@@ -37,6 +37,7 @@ class Settings:
     timeout: float  # per phase: how long the jobs of one phase may take to run
     drain_budget: float  # a drain slower than this is cut short and rated on what ran
     workdir: Path
+    enqueue_only: bool = False  # measure the enqueue rates only (--enqueue-only)
 
 
 def _record_path(settings: Settings, peer: Peer, phase: str) -> Path:
@@ -81,6 +82,18 @@ def enqueue_and_process(
     stamps = [stamp for _, stamp in read_records(record)]
     span = max(stamps) - min(stamps)
     return enqueue_rate, (len(stamps) - 1) / span if span > 0 else float("inf"), len(stamps)
+
+
+def enqueue_rate(peer: Peer, settings: Settings, *, bulk: bool) -> float:
+    """Jobs/s of enqueueing ``settings.jobs`` no-op jobs into an emptied store, no worker."""
+    peer.reset()
+    tags = ["n"] * settings.jobs
+    started = time.perf_counter()
+    if bulk:
+        peer.enqueue_bulk(tags)
+    else:
+        peer.enqueue_each(tags)
+    return settings.jobs / (time.perf_counter() - started)
 
 
 def pickup_latency(peer: Peer, settings: Settings) -> list[float]:
