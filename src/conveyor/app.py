@@ -23,13 +23,13 @@ from conveyor.backends.base import Backend, Clock, NewJob, QueueStats
 from conveyor.config import Defaults, parse_url, resolve_url
 from conveyor.external import ExternalMixin
 from conveyor.handle import JobHandle
-from conveyor.job import Job, JobState, new_job_id, to_timestamp
+from conveyor.job import Job, JobState, new_job_id, new_job_ids, to_timestamp
 from conveyor.portal import Portal
 from conveyor.ratelimit import RateLimit
 from conveyor.retry import Backoff
 from conveyor.sandbox import Sandbox
 from conveyor.scheduler import Schedule
-from conveyor.serialize import DEFAULT_MAX_PAYLOAD, encode_arguments
+from conveyor.serialize import DEFAULT_MAX_PAYLOAD, batch_encoder, encode_arguments
 from conveyor.task import NO_OPTIONS, EnqueueOptions, Signature, Task
 from conveyor.workflow import check_after, check_unique_for, check_user_args
 from conveyor.workflow_app import WorkflowMixin
@@ -253,7 +253,7 @@ class App(WorkflowMixin, ExternalMixin):
         keys of ``App.enqueue``: ``{"task": "name", "args": [...], "kwargs": {...}, ...}``.
         With ``connection=``, all of them join that connection's open transaction.
         """
-        new_jobs = [self._batch_job(call) for call in calls]
+        new_jobs = self._batch_jobs(calls)
         if connection is not None:
             return self._handles(self._tx_backend().enqueue_in_transaction(connection, new_jobs))
         return self._insert_blocking(new_jobs)
@@ -261,7 +261,7 @@ class App(WorkflowMixin, ExternalMixin):
     async def enqueue_many_async(
         self, calls: Iterable[Signature | Mapping[str, Any]], *, connection: Any = None
     ) -> list[JobHandle]:
-        new_jobs = [self._batch_job(call) for call in calls]
+        new_jobs = self._batch_jobs(calls)
         if connection is not None:
             backend = self._tx_backend()
             return self._handles(await backend.enqueue_in_transaction_async(connection, new_jobs))
@@ -278,12 +278,21 @@ class App(WorkflowMixin, ExternalMixin):
     ) -> JobHandle:
         return (await self._insert([self._plain_call(task, args, kwargs)]))[0]
 
-    def _batch_job(self, call: Signature | Mapping[str, Any]) -> NewJob:
-        """One ``enqueue_many`` item as a row; a plain ``{"task", "args", "kwargs"}``
-        mapping goes straight to ``_plain_call`` (no copy, no ``Signature``)."""
-        if type(call) is dict and call.keys() <= _PLAIN_ITEM and "task" in call:
-            return self._plain_call(call["task"], _args(call.get("args", ())), call.get("kwargs"))
-        return self._new_job(_as_signature(call))
+    def _batch_jobs(self, calls: Iterable[Signature | Mapping[str, Any]]) -> list[NewJob]:
+        """``enqueue_many``'s items as rows, their ids drawn in one go (in item order, so
+        the batch runs FIFO); a plain ``{"task", "args", "kwargs"}`` mapping goes straight
+        to ``_plain_call`` (no copy, no ``Signature``)."""
+        items = calls if type(calls) is list else list(calls)
+        rows = []
+        plain = self._plain_call
+        encode = batch_encoder()
+        for call, job_id in zip(items, new_job_ids(len(items)), strict=True):
+            if type(call) is dict and call.keys() <= _PLAIN_ITEM and "task" in call:
+                args = _args(call.get("args", ()))
+                rows.append(plain(call["task"], args, call.get("kwargs"), job_id, encode))
+            else:
+                rows.append(self._new_job(_as_signature(call), job_id, encode))
+        return rows
 
     def _enqueue_signature(self, sig: Signature) -> JobHandle:
         new_job = self._new_job(sig)  # validate in the caller's thread, before any I/O
@@ -342,10 +351,18 @@ class App(WorkflowMixin, ExternalMixin):
             self._tx = backend
         return self._tx
 
-    def _new_job(self, sig: Signature) -> NewJob:
-        """Validate a call and turn it into a row; every bad input fails here, early."""
+    def _new_job(
+        self,
+        sig: Signature,
+        job_id: str | None = None,
+        encode: Callable[[Any], str] | None = None,
+    ) -> NewJob:
+        """Validate a call and turn it into a row; every bad input fails here, early.
+        The job's id is the signature's own, else ``job_id``, else a new one; ``encode``
+        is a batch's JSON encoder (``batch_encoder``)."""
+        job_id = sig.job_id or job_id
         if sig.options is NO_OPTIONS and sig.inputs is None:
-            return self._plain_call(sig.task, sig.args, sig.kwargs, sig.job_id)
+            return self._plain_call(sig.task, sig.args, sig.kwargs, job_id, encode)
         _check_name(sig.task, "task name")
         task = self.tasks.get(sig.task)
         opt = sig.options
@@ -370,9 +387,11 @@ class App(WorkflowMixin, ExternalMixin):
             raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
         check_user_args(sig.args)
         args = sig.args if sig.inputs is None else (dict(sig.inputs), *sig.args)
-        args_json, kwargs_json = encode_arguments(args, dict(sig.kwargs), max_payload=d.max_payload)
+        args_json, kwargs_json = encode_arguments(
+            args, dict(sig.kwargs), max_payload=d.max_payload, encode=encode
+        )
         return NewJob(
-            id=sig.job_id or new_job_id(),
+            id=job_id or new_job_id(),
             task=sig.task,
             queue=_check_name(_first(opt.queue, task and task.queue, d.queue), "queue"),
             tenant=tenant,
@@ -396,6 +415,7 @@ class App(WorkflowMixin, ExternalMixin):
         args: tuple[Any, ...],
         kwargs: Mapping[str, Any] | None,
         job_id: str | None = None,
+        encode: Callable[[Any], str] | None = None,
     ) -> NewJob:
         """``_new_job`` for the most common call: no options (``task.enqueue(...)``,
         ``app.enqueue("name", ...)``, a plain ``task.s(...)`` or mapping in a batch).
@@ -438,6 +458,7 @@ class App(WorkflowMixin, ExternalMixin):
             args,
             {} if kwargs is None else kwargs if type(kwargs) is dict else dict(kwargs),
             max_payload=self.defaults.max_payload,
+            encode=encode,
         )
         return NewJob(
             id=job_id or new_job_id(),
@@ -606,6 +627,8 @@ def _parse_state(state: JobState | str) -> JobState:
 def _args(args: Iterable[Any]) -> tuple[Any, ...]:
     if type(args) is tuple:
         return args
+    if type(args) is list:  # spares the Mapping check below (an ABC: slow) per job
+        return tuple(args)
     if isinstance(args, (str, bytes, Mapping)):
         raise TypeError(f"args must be a list or tuple, not {type(args).__name__}")
     return tuple(args)

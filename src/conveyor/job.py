@@ -167,22 +167,54 @@ def new_job_id(now: float | None = None) -> str:
     Within one millisecond a 12-bit counter in ``rand_a`` keeps ids from one process
     increasing; the remaining 62 bits are random, so processes do not collide.
     """
-    global _uuid_last_ms, _uuid_seq
-    ms = int((time.time() if now is None else now) * 1000)
-    with _uuid_lock:
-        if ms <= _uuid_last_ms:
-            ms = _uuid_last_ms
-            _uuid_seq += 1
-            if _uuid_seq > 0xFFF:  # counter exhausted: borrow the next millisecond
-                ms += 1
-                _uuid_seq = 0
-        else:
-            _uuid_seq = 0
-        _uuid_last_ms = ms
-        seq = _uuid_seq
+    ms, seq = _reserve(1, now)
     # Uniqueness, not secrecy, is what the random bits are for: a PRNG seeded from the
     # OS spares a syscall per id.
     rand_b = _random.getrandbits(62)
     value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | seq << 64 | 0b10 << 62 | rand_b
     h = f"{value:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def new_job_ids(count: int, now: float | None = None) -> list[str]:
+    """``count`` ids as ``new_job_id`` makes them, in increasing order, for a fraction of
+    the cost per id: one clock read and one lock for the lot, and the millisecond's part
+    of the text formatted once (``enqueue_many``)."""
+    if count <= 0:
+        return []
+    ms, seq = _reserve(count, now)
+    head = _id_head(ms)
+    bits = _random.getrandbits
+    ids = []
+    for _ in range(count):
+        if seq > 0xFFF:  # the counter ran over: _reserve borrowed the next millisecond
+            ms, seq = ms + 1, 0
+            head = _id_head(ms)
+        rand_b = bits(62)
+        ids.append(f"{head}{seq:03x}-{0x8000 | rand_b >> 48:04x}-{rand_b & 0xFFFFFFFFFFFF:012x}")
+        seq += 1
+    return ids
+
+
+def _reserve(count: int, now: float | None) -> tuple[int, int]:
+    """The (millisecond, counter) of the first of ``count`` new ids; the others follow
+    it, the counter running over into the next millisecond when a millisecond's 4,096
+    are used up (borrowed: ids stay increasing)."""
+    global _uuid_last_ms, _uuid_seq
+    ms = int((time.time() if now is None else now) * 1000)
+    with _uuid_lock:
+        if ms <= _uuid_last_ms:
+            ms, seq = _uuid_last_ms, _uuid_seq + 1
+            if seq > 0xFFF:
+                ms, seq = ms + 1, 0
+        else:
+            seq = 0
+        last = seq + count - 1
+        _uuid_last_ms, _uuid_seq = ms + (last >> 12), last & 0xFFF
+    return ms, seq
+
+
+def _id_head(ms: int) -> str:
+    """The first 15 characters of a UUIDv7: 48 bits of milliseconds and the version."""
+    h = f"{ms & 0xFFFFFFFFFFFF:012x}"
+    return f"{h[:8]}-{h[8:]}-7"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
+from json import encoder as _json_encoder
 from typing import Any
 
 DEFAULT_MAX_PAYLOAD = 1024 * 1024  # 1 MiB of encoded arguments
@@ -62,10 +64,31 @@ def too_deep(text: str) -> bool:
     return False
 
 
-def dumps(value: Any, *, what: str = "value") -> str:
+def batch_encoder() -> Callable[[Any], str]:
+    """``_encoder.encode`` for the arguments of one ``enqueue_many`` call.
+
+    ``JSONEncoder.encode`` builds a C encoder on every call, which is most of its cost
+    for small arguments; this one is built once per batch. It is used by one thread, for
+    one batch, then dropped, so its table of containers being encoded (the check for
+    circular references) is never shared.
+    """
+    make = getattr(_json_encoder, "c_make_encoder", None)  # not in typeshed
+    if make is None:  # an interpreter without json's C accelerator
+        return _encoder.encode
+    # The arguments JSONEncoder.iterencode passes for _encoder's settings (compact,
+    # ensure_ascii=False, allow_nan=False).
+    encode = make(
+        {}, _encoder.default, _json_encoder.encode_basestring, None, ":", ",", False, False, False
+    )
+    return lambda value: "".join(encode(value, 0))
+
+
+def dumps(
+    value: Any, *, what: str = "value", encode: Callable[[Any], str] = _encoder.encode
+) -> str:
     """Encode *value* as compact JSON, or raise ``TypeError`` saying what is wrong."""
     try:
-        text = _encoder.encode(value)
+        text = encode(value)
     except (TypeError, ValueError, RecursionError) as exc:
         raise TypeError(f"{what} is not JSON-serializable: {exc}") from None
     if too_deep(text):
@@ -97,7 +120,11 @@ def loads_for_display(text: str | None) -> Any:
 
 
 def encode_arguments(
-    args: Any, kwargs: Any, *, max_payload: int = DEFAULT_MAX_PAYLOAD
+    args: Any,
+    kwargs: Any,
+    *,
+    max_payload: int = DEFAULT_MAX_PAYLOAD,
+    encode: Callable[[Any], str] | None = None,
 ) -> tuple[str, str]:
     """Validate and encode a job's arguments; refuse early what a worker could not decode."""
     if isinstance(args, (str, bytes)) or not isinstance(args, (list, tuple)):
@@ -108,8 +135,9 @@ def encode_arguments(
         if not isinstance(key, str):
             raise TypeError(f"kwargs keys must be strings, not {type(key).__name__}")
     # No arguments at all is common enough to spare the encoder (and the size check).
-    args_json = dumps(args, what="args") if args else "[]"  # a tuple encodes as a list
-    kwargs_json = dumps(kwargs, what="kwargs") if kwargs else "{}"
+    encode = encode or _encoder.encode  # or a batch's own (batch_encoder)
+    args_json = dumps(args, what="args", encode=encode) if args else "[]"  # tuple -> list
+    kwargs_json = dumps(kwargs, what="kwargs", encode=encode) if kwargs else "{}"
     if len(args_json) + len(kwargs_json) <= max_payload // 4:
         return args_json, kwargs_json  # at most 4 bytes of UTF-8 per character: fits
     size = len(args_json.encode()) + len(kwargs_json.encode())
