@@ -41,7 +41,7 @@ def job_from_hash(h: Mapping[str, str]) -> Job:
         priority=int(h["priority"]),
         args=loads_for_display(h["args"]),
         kwargs=loads_for_display(h["kwargs"]),
-        attempt=int(h["attempt"]),
+        attempt=int(h.get("attempt", 0)),  # absent until the first claim
         max_attempts=int(h["max_attempts"]),
         enqueued_at=enqueued,
         run_at=from_timestamp(_float(h.get("run_at"))),

@@ -17,10 +17,12 @@ redis.call('DEL', QP .. 'aging')
 if aging then
     for _, id in ipairs(ready_ids(QP)) do
         local key = jkey(G, id)
-        local f = redis.call('HMGET', key, 'priority', 'base_priority', 'ready_at')
+        local f = redis.call('HMGET', key, 'priority', 'base_priority', 'ready_at', 'enqueued_at')
         local prio = tonumber(f[1])
         if prio > 0 then
-            local age_at = tonumber(f[3]) + aging * (tonumber(f[2]) - prio + 1)
+            -- No ready_at: ready since it was enqueued (enqueue.lua does not write it).
+            local ready_at = tonumber(f[3] or f[4])
+            local age_at = ready_at + aging * (tonumber(f[2]) - prio + 1)
             redis.call('HSET', key, 'age_at', fmt(age_at))
             redis.call('ZADD', QP .. 'aging', fmt(age_at), id)
         else
