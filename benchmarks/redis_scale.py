@@ -12,6 +12,11 @@ that is deleted afterwards:
 and prints the ratio against the issue's bar: the big case keeps >= 80 % of the small
 case's rate. The two stores of a comparison are measured in alternating chunks, so that
 the load of other work on the machine affects both alike.
+
+With ``--worker`` the tenants comparison is made end to end, as a user sees it: each
+round fills both stores afresh and drains each with one ``conveyor worker -c 10 -p 1
+--burst`` process (async no-op task ``bench.anoop``), rated from the jobs' own start and
+finish times, alternating between the two setups.
 Needs about 1 GB of free memory in Redis for the 1,000,000-job case; use a server of
 your own (it writes a lot), e.g. ``redis-server --port 6390 --save ''``.
 """
@@ -21,23 +26,29 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
+import conveyor
 import redis
 from conveyor.backends import create_backend
 from conveyor.backends.base import Backend, NewJob, Outcome, OutcomeKind
 from conveyor.job import new_job_id
 
 BATCH = 10_000
+HERE = Path(__file__).resolve().parent
 
 
-def new_job(tenant: str | None) -> NewJob:
+def new_job(tenant: str | None, task: str = "bench.noop") -> NewJob:
     return NewJob(
         id=new_job_id(),
-        task="bench.noop",
+        task=task,
         queue="default",
         tenant=tenant,
         priority=5,
@@ -48,11 +59,11 @@ def new_job(tenant: str | None) -> NewJob:
     )
 
 
-async def fill(backend: Backend, jobs: int, tenants: int) -> float:
+async def fill(backend: Backend, jobs: int, tenants: int, task: str = "bench.noop") -> float:
     started = time.perf_counter()
     for offset in range(0, jobs, BATCH):
         batch = [
-            new_job(None if tenants == 1 else f"tenant-{(offset + i) % tenants}")
+            new_job(None if tenants == 1 else f"tenant-{(offset + i) % tenants}", task)
             for i in range(min(BATCH, jobs - offset))
         ]
         await backend.enqueue(batch)
@@ -143,8 +154,75 @@ async def compare(
     }
 
 
+def worker_rate(url: str, jobs: int, client: redis.Redis) -> tuple[float, float, float]:
+    """Jobs/s of one ``conveyor worker`` process draining the store at ``url`` (which
+    holds ``jobs`` queued jobs), first start to last finish by the store's clock; and the
+    worker's and the Redis server's CPU seconds per job (start-up included)."""
+    cmd = [str(Path(sys.executable).parent / "conveyor"), "worker", "bench_tasks:app"]
+    cmd += ["-c", "10", "-p", "1", "--burst"]
+    env = {**os.environ, "CONVEYOR_URL": url, "CONVEYOR_LOG_LEVEL": "WARNING"}
+    before, server = os.times(), server_cpu(client)
+    subprocess.run(cmd, cwd=HERE, env=env, check=True, timeout=600)
+    after, server = os.times(), server_cpu(client) - server
+    worker = (after.children_user - before.children_user) + (
+        after.children_system - before.children_system
+    )
+    app = conveyor.App(url)
+    try:
+        done = app.jobs(state="succeeded", limit=jobs + 10)
+    finally:
+        app.close()
+    if len(done) != jobs:
+        raise SystemExit(f"expected {jobs} succeeded jobs, found {len(done)}")
+    first = min(j.started_at for j in done if j.started_at)
+    last = max(j.finished_at for j in done if j.finished_at)
+    return jobs / (last - first).total_seconds(), worker / jobs, server / jobs
+
+
+async def compare_worker(
+    url: str, small: tuple[int, int], big: tuple[int, int], rounds: int
+) -> dict[str, Any]:
+    """``compare`` end to end: each round fills both setups afresh and drains each with a
+    worker process; the ratio is the median of per-round ratios."""
+    rates: list[list[float]] = [[], []]
+    cpus: list[list[tuple[float, float]]] = [[], []]
+    client = redis.Redis.from_url(url)
+    for _ in range(rounds):
+        for i, (jobs, tenants) in enumerate((small, big)):
+            prefix = f"scale-{uuid.uuid4().hex[:12]}"
+            store = f"{url}?prefix={prefix}"
+            backend = create_backend(store)
+            try:
+                await backend.open()
+                await fill(backend, jobs, tenants, task="bench.anoop")
+                rate, worker, server = worker_rate(store, jobs, client)
+                rates[i].append(rate)
+                cpus[i].append((worker, server))
+            finally:
+                await backend.close()
+                delete_prefix(url, prefix)
+    ratios = sorted(b / a for a, b in zip(rates[0], rates[1], strict=True))
+    return {
+        "small": {"queued": small[0], "tenants": small[1]},
+        "big": {"queued": big[0], "tenants": big[1]},
+        "small_per_s": [round(r) for r in rates[0]],
+        "big_per_s": [round(r) for r in rates[1]],
+        "ratio": round(ratios[len(ratios) // 2], 3),
+        # median worker / Redis CPU µs per job
+        "small_cpu_us": [round(statistics.median(c) * 1e6, 1) for c in zip(*cpus[0], strict=True)],
+        "big_cpu_us": [round(statistics.median(c) * 1e6, 1) for c in zip(*cpus[1], strict=True)],
+    }
+
+
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {}
+    if args.worker:
+        # Tenants only: reading a million jobs' timestamps back is an operator query
+        # that would hold the server for seconds.
+        result["tenants"] = await compare_worker(
+            args.url, (100_000, 1), (100_000, 10_000), args.rounds
+        )
+        return result
     if args.only in (None, "backlog"):
         result["backlog"] = await compare(
             args.url, (10_000, 1), (args.big, 1), args.rounds, args.chunk
@@ -164,9 +242,23 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=500, help="jobs claimed per measurement")
     parser.add_argument("--only", choices=["backlog", "tenants"], help="run one comparison")
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument(
+        "--worker",
+        action="store_true",
+        help="tenants, end to end: drain with a worker process",
+    )
     args = parser.parse_args()
     result = asyncio.run(main_async(args))
     for name, r in result.items():
+        if args.worker:
+            print(
+                f"{name} (worker process): {r['small']['queued']:,} queued / "
+                f"{r['small']['tenants']:,} tenant(s): {r['small_per_s']} jobs/s;  "
+                f"{r['big']['queued']:,} queued / {r['big']['tenants']:,} tenant(s): "
+                f"{r['big_per_s']} jobs/s;  ratio {r['ratio']:.2f} (bar 0.80);  "
+                f"worker / Redis CPU per job {r['small_cpu_us']} / {r['big_cpu_us']} µs"
+            )
+            continue
         print(
             f"{name}: {r['small']['queued']:,} queued / {r['small']['tenants']:,} tenant(s): "
             f"{r['small_claim_finish_per_s']:,} jobs/s;  {r['big']['queued']:,} queued / "
