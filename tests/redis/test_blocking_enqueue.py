@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
+import time
 
 import pytest
 import redis.exceptions
 from redis.client import Redis
 
 import conveyor
-from conveyor.backends.redis import UnsafeServerError
+from conveyor.backends.redis import UnsafeServerError, _blocking
+from tests.chaos.proxy import Proxy
 from tests.redis.conftest import StartRedis, free_port
 
 
@@ -90,4 +94,61 @@ def test_scripts_flushed_or_server_restarted(private_redis: StartRedis) -> None:
             reader.close()
     finally:
         admin.close()
+        app.close()
+
+
+def test_a_connection_gone_silent_is_given_up_and_the_job_stored_once(
+    private_redis: StartRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A middlebox forgets the producer's connection: nothing comes back on it, and no
+    reset either. The enqueue gives up after CALL_TIMEOUT and sends the same call on a
+    new connection, instead of waiting until TCP gives up (hours)."""
+    monkeypatch.setattr(_blocking, "CALL_TIMEOUT", 0.5)
+    server = private_redis([])
+    proxy = Proxy(server.port).start()
+    app = conveyor.App(proxy.url(server.url))
+    reader = conveyor.App(server.url)
+    try:
+        first = app.enqueue("t")
+        assert proxy.forget() >= 1
+        started = time.monotonic()
+        second = app.enqueue("t")
+        assert 0.5 <= time.monotonic() - started < 5
+        assert sorted(j.id for j in reader.jobs()) == sorted([first.id, second.id])
+    finally:
+        reader.close()
+        app.close()
+        proxy.stop()
+
+
+def test_a_frozen_server_runs_the_call_once_though_it_was_sent_twice(
+    private_redis: StartRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server stops answering (SIGSTOP) with the call in its socket: the producer
+    gives up, sends the same call again on a new connection, and the server, thawed,
+    runs both. The second finds the jobs stored by the first: each job exists once, and
+    the ids returned are the ones the first stored."""
+    monkeypatch.setattr(_blocking, "CALL_TIMEOUT", 0.5)
+    server = private_redis([])
+    app = conveyor.App(server.url)
+    reader = conveyor.App(server.url)
+    assert server.process is not None
+    pid = server.process.pid
+    try:
+        app.enqueue("t")  # connected and the script loaded
+
+        def thaw() -> None:
+            time.sleep(0.8)  # the first try has given up by then
+            os.kill(pid, signal.SIGCONT)
+
+        os.kill(pid, signal.SIGSTOP)
+        threading.Thread(target=thaw, daemon=True).start()
+        handles = app.enqueue_many([{"task": "t", "args": [i]} for i in range(100)])
+        jobs = reader.jobs(limit=1000)
+        assert len(jobs) == 101
+        assert {h.id for h in handles} <= {j.id for j in jobs}
+        assert [s.queued for s in reader.stats()] == [101]  # counted once, too
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        reader.close()
         app.close()

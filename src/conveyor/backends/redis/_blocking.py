@@ -7,11 +7,19 @@ Here the calling thread runs the same ``enqueue.lua`` over redis-py's sync clien
 never share one at a time) and a forked child starts over with new ones, so many threads
 and pre-forking servers may share one ``App``. Arguments are encoded by the same
 function as the async path, so there is one wire format.
+
+A call that gets no answer within ``CALL_TIMEOUT`` seconds, or whose connection breaks,
+is sent once more on a new connection: the script may or may not have run, and running
+it again is safe, since enqueue is idempotent per job id (a job that exists is not
+inserted twice). A producer behind a connection that went silent (a middlebox that
+forgot it, a server that froze) therefore gets its answer, or an error, instead of
+waiting until TCP gives up, which can take hours.
 """
 
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 import threading
 import time
@@ -23,6 +31,7 @@ from redis.client import Redis
 from redis.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from conveyor.backends.redis._safety import check_server_blocking
@@ -38,9 +47,17 @@ _NO_SETINFO: dict[str, Any] = (
     else {"lib_name": None, "lib_version": None}
 )
 
+log = logging.getLogger("conveyor.redis")
+
 #: Seconds a connection may sit idle before it is checked (one poll of its socket)
 #: before use; a busy producer's connections are never idle that long.
 _CHECK_AFTER_IDLE = 1.0
+
+#: Seconds an enqueue waits for Redis's answer before it gives up on the connection and
+#: tries once more on a new one (``?socket_timeout=`` in the URL sets another). Far above
+#: what a script takes (an ``enqueue_many`` of 100,000 jobs takes about half a second);
+#: a spurious give-up costs a second call, never a duplicate job.
+CALL_TIMEOUT = 10.0
 
 #: Forks of this process so far, counted in the child: a connection list made before
 #: the last fork belongs to the parent. (``os.getpid()`` per call is a system call.)
@@ -90,7 +107,8 @@ class BlockingEnqueuer:
                     self._options.client_url,
                     decode_responses=True,
                     retry=Retry(NoBackoff(), 0),
-                    socket_timeout=None,
+                    # The URL's own socket_timeout, if any, wins (redis-py's from_url).
+                    socket_timeout=CALL_TIMEOUT,
                     socket_connect_timeout=5.0,
                     socket_keepalive=True,
                     # No handshake beyond the TCP connect: RESP2 needs no HELLO, and the
@@ -140,13 +158,25 @@ class BlockingEnqueuer:
             return self._evalsha(script.sha, keys, args)
 
     def _evalsha(self, sha: str, keys: list[str], args: list[Any]) -> list[str]:
+        packed = self._pack(sha, keys, args)
+        try:
+            return self._call(packed)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            # No answer, or a broken connection: the script may or may not have run.
+            # Once more on a new connection (idempotent per job id), after dropping the
+            # idle ones, which may have gone silent too.
+            log.warning("enqueue got no answer (%s): trying once more on a new connection", exc)
+            self._drop_idle()
+            return self._call(packed)
+
+    def _call(self, packed: bytes) -> list[str]:
         # A connection used by one call at a time: list.pop/append are atomic, so
         # threads share the idle list without a lock. Any failure other than an error
         # reply (which leaves the connection clean) drops the connection, so a half-read
         # reply can never reach the next caller.
         conn = self._take()
         try:
-            conn.send_packed_command([self._pack(sha, keys, args)], check_health=False)
+            conn.send_packed_command([packed], check_health=False)
             reply: list[str] = conn.read_response()
         except ResponseError:
             self._idle.append((conn, time.monotonic()))
@@ -190,13 +220,16 @@ class BlockingEnqueuer:
                 conn.disconnect()
         return conn
 
-    def close(self) -> None:
-        with self._lock:
-            client, self._client, self._script = self._client, None, None
-            idle, self._idle = self._idle, []
+    def _drop_idle(self) -> None:
+        idle, self._idle = self._idle, []
         if self._forks == _forks:
             for conn, _ in idle:
                 conn.disconnect()
+
+    def close(self) -> None:
+        with self._lock:
+            client, self._client, self._script = self._client, None, None
+        self._drop_idle()
         if client is not None:
             client.close()
 
