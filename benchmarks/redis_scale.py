@@ -255,8 +255,9 @@ def main() -> None:
                 f"{name} (worker process): {r['small']['queued']:,} queued / "
                 f"{r['small']['tenants']:,} tenant(s): {r['small_per_s']} jobs/s;  "
                 f"{r['big']['queued']:,} queued / {r['big']['tenants']:,} tenant(s): "
-                f"{r['big_per_s']} jobs/s;  ratio {r['ratio']:.2f} (bar 0.80);  "
-                f"worker / Redis CPU per job {r['small_cpu_us']} / {r['big_cpu_us']} µs"
+                f"{r['big_per_s']} jobs/s;  ratio {r['ratio']:.2f} (bar 0.80);  CPU per job, "
+                f"worker + Redis: {' + '.join(map(str, r['small_cpu_us']))} µs / "
+                f"{' + '.join(map(str, r['big_cpu_us']))} µs"
             )
             continue
         print(
