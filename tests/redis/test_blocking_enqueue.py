@@ -125,24 +125,25 @@ def test_a_frozen_server_runs_the_call_once_though_it_was_sent_twice(
     private_redis: StartRedis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The server stops answering (SIGSTOP) with the call in its socket: the producer
-    gives up, sends the same call again on a new connection, and the server, thawed,
-    runs both. The second finds the jobs stored by the first: each job exists once, and
-    the ids returned are the ones the first stored."""
+    gives up and, as it sends the same call again on a new connection, the server thaws
+    and runs what it was sent. Each job exists once, counted once, and the ids returned
+    are the ones stored."""
     monkeypatch.setattr(_blocking, "CALL_TIMEOUT", 0.5)
     server = private_redis([])
     app = conveyor.App(server.url)
     reader = conveyor.App(server.url)
     assert server.process is not None
     pid = server.process.pid
+    drop_idle = _blocking.BlockingEnqueuer._drop_idle
+
+    def thaw_then_drop(self: _blocking.BlockingEnqueuer) -> None:
+        os.kill(pid, signal.SIGCONT)  # the first try has given up: the retry starts now
+        drop_idle(self)
+
+    monkeypatch.setattr(_blocking.BlockingEnqueuer, "_drop_idle", thaw_then_drop)
     try:
         app.enqueue("t")  # connected and the script loaded
-
-        def thaw() -> None:
-            time.sleep(0.8)  # the first try has given up by then
-            os.kill(pid, signal.SIGCONT)
-
         os.kill(pid, signal.SIGSTOP)
-        threading.Thread(target=thaw, daemon=True).start()
         handles = app.enqueue_many([{"task": "t", "args": [i]} for i in range(100)])
         jobs = reader.jobs(limit=1000)
         assert len(jobs) == 101
