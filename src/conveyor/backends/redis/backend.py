@@ -73,6 +73,9 @@ from conveyor.job import Job, JobState
 CLAIM_PROMOTE_LIMIT = 1000
 #: Finished jobs deleted per purge script call, so purging never blocks Redis long.
 PURGE_CHUNK = 2000
+#: Jobs one query script reads at most per (queue, state); a larger ``limit`` is served
+#: in pages (a script holds the whole server while it runs).
+QUERY_PAGE = 1000
 
 
 #: Compact JSON for script arguments (one encoder: ``json.dumps(..., ensure_ascii=False)``
@@ -642,7 +645,7 @@ class RedisBackend(Backend):
         states = STATES if state is None else (JobState(state).value,)
         args: list[Any] = [
             self.keys.store,
-            limit,
+            min(limit, QUERY_PAGE),
             0 if tenant is None else 1,
             tenant or "",
             0 if task is None else 1,
@@ -651,10 +654,21 @@ class RedisBackend(Backend):
             *states,
             *prefixes,
         ]
-        rows = await self._s.query(keys=[self.keys.route], args=args)
-        jobs = [job_from_hash(pairs(row)) for row in rows]
-        jobs.sort(key=lambda j: j.id, reverse=True)
-        return jobs[:limit]
+        # In pages of at most QUERY_PAGE jobs per (queue, state), newest first: a script
+        # holds the whole server while it runs, so a caller asking for a million jobs
+        # must not make it one script. Each call returns the newest page of every
+        # (queue, state) below the last id taken, so the newest page of their union is
+        # exact; the rest is read again by the next call.
+        found: list[Job] = []
+        before = ""
+        while len(found) < limit:
+            rows = await self._s.query(keys=[self.keys.route], args=[*args, before])
+            jobs = sorted((job_from_hash(pairs(row)) for row in rows), key=_job_id, reverse=True)
+            found += jobs[: min(QUERY_PAGE, limit - len(found))]
+            if len(jobs) < QUERY_PAGE:
+                break  # every (queue, state) below `before` fitted in this page
+            before = found[-1].id
+        return found
 
     async def cancel(self, job_id: str) -> JobState | None:
         args = [self._now_arg(), self.keys.store, job_id]
@@ -742,6 +756,10 @@ class RedisBackend(Backend):
             key = (queue, tenant, prio, state)
             totals[key] = totals.get(key, 0) + n
         return depth_counts((*key, n) for key, n in totals.items())
+
+
+def _job_id(job: Job) -> str:
+    return job.id
 
 
 def _text(value: str | bytes) -> str:
