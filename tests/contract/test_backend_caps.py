@@ -80,6 +80,34 @@ async def test_tenant_max_running(backend: Backend, make_job: MakeJob, ops: Ops)
     assert [j.tenant for j in more] == ["a"]
 
 
+async def test_tenant_cap_set_while_jobs_run_counts_them(
+    backend: Backend, make_job: MakeJob, ops: Ops
+) -> None:
+    """A cap set (or set again) while the tenant's jobs run counts those jobs at once,
+    by whatever path they later leave running."""
+    await backend.enqueue([make_job(tenant="a") for _ in range(6)])
+    running = await backend.claim(["default"], 3, worker="w", lease=30.0)
+    assert len(running) == 3
+    await backend.set_tenant("default", "a", weight=1.0, max_running=3)
+    assert await backend.claim(["default"], 10, worker="w", lease=30.0) == []
+    [a_stats] = [s for s in await backend.stats() if s.tenant == "a"]
+    assert (a_stats.queued, a_stats.running) == (3, 3)
+
+    await ops.succeed(backend, running[0])
+    [next_one] = await backend.claim(["default"], 10, worker="w", lease=30.0)
+
+    # Off and on again while three run: the new cap counts them as well.
+    await backend.set_tenant("default", "a", weight=1.0, max_running=None)
+    await backend.finish([ops.outcome(running[1], OutcomeKind.RETRY, retry_delay=60.0)])
+    await backend.set_tenant("default", "a", weight=1.0, max_running=2)
+    assert await backend.claim(["default"], 10, worker="w", lease=30.0) == []
+    await ops.succeed(backend, running[2])
+    assert len(await backend.claim(["default"], 10, worker="w", lease=30.0)) == 1
+    assert await backend.claim(["default"], 10, worker="w", lease=30.0) == []
+    await ops.succeed(backend, next_one)
+    assert len(await backend.claim(["default"], 10, worker="w", lease=30.0)) == 1
+
+
 async def test_tenant_max_running_is_per_queue(backend: Backend, make_job: MakeJob) -> None:
     await backend.set_tenant("q1", "a", weight=1.0, max_running=1)
     await backend.enqueue([make_job(queue=q, tenant="a") for _ in range(3) for q in ("q1", "q2")])

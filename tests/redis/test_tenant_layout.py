@@ -50,6 +50,10 @@ def queue_prefix(store_url: str) -> str:
     return "{" + store_url.split("prefix=", 1)[1] + "}:q:7:default:"
 
 
+def lane(qp: str, tenant: str, task: str = "t.a", priority: int = 5) -> str:
+    return f"{qp}l:{priority}:{len(tenant)}:{tenant}:{task}"
+
+
 def ready_keys(client: redis.Redis, qp: str) -> list[str]:
     """Keys of the ready structures (levels, task sets and hashes, lanes, ready sets)."""
     kinds = ("p:", "t:", "t1:", "l:", "r:")
@@ -93,6 +97,30 @@ async def test_lanes_a_claim_empties_leave_no_level_entry(
     assert len(got) == 4
     assert ready_keys(client, queue_prefix(store_url)) == []
     assert [d for d in await backend.waiting_counts() if d.state == "queued"] == []
+
+
+async def test_a_lane_emptied_by_a_full_claim_leaves_at_the_next_claim(
+    backend: Backend, client: redis.Redis, store_url: str
+) -> None:
+    # A tenant with one task is popped (ZPOPMIN reads and removes the lane's head in
+    # one call): a claim that reaches its limit there does not learn that the lane
+    # emptied, and the tenant stays listed at its level until a claim finds it empty.
+    qp = queue_prefix(store_url)
+    await backend.enqueue([job("a"), job("b")])
+    [first] = await backend.claim(["default"], 1, worker="w", lease=60.0)
+    assert first.tenant == "a"
+    assert client.zscore(qp + "p:5", "a") is not None
+    assert not client.exists(lane(qp, "a"))
+    # Nobody counts the listed tenant's empty lane as work.
+    stats = {s.tenant: (s.queued, s.running) for s in await backend.stats()}
+    assert stats == {"a": (0, 1), "b": (1, 0)}
+    assert [(d.tenant, d.count) for d in await backend.waiting_counts() if d.state == "queued"] == [
+        ("b", 1)
+    ]
+    [second] = await backend.claim(["default"], 1, worker="w", lease=60.0)
+    assert second.tenant == "b"
+    assert await backend.claim(["default"], 1, worker="w", lease=60.0) == []
+    assert ready_keys(client, qp) == []
 
 
 async def test_a_store_written_with_task_sets_is_claimed_alike_and_tidied(

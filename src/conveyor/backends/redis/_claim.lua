@@ -182,19 +182,36 @@ local function claim_jobs(now, G, argv, first, last)
             return list, lanes_of[k]
         end
 
-        -- The lane's head. The first read takes two ids (with many tenants, a claim takes
-        -- one job per lane; the second tells whether the lane empties); a lane read again
-        -- reads ahead as many as the claim may take, and one more.
-        local function lane_head(lane)
+        -- The lane's head. A lane visited to be taken from (a tenant with one task) is
+        -- popped: ZPOPMIN reads and removes its head in one call (with many tenants a
+        -- claim takes one job per lane, and read + remove was two calls per job). That
+        -- leaves it unknown whether the lane emptied: a lane found empty later, by this
+        -- claim or the next, leaves its (prio, tenant) then ("lazy emptiness"). A lane
+        -- visited to be compared (a tenant with several tasks) is read: its first read
+        -- takes two ids (the second tells whether the lane empties). A lane read again
+        -- reads ahead as many as the claim may take (and one more, for a compared one).
+        local function lane_head(lane, pop)
             local h = heads[lane]
             if h == nil then
-                h = { pos = 1, complete = false, n = 0 }
+                h = { pos = 1, complete = false, n = 0, popped = 0 }
                 heads[lane] = h
+                if pop then
+                    local got = redis.call('ZPOPMIN', lane)
+                    h.ids, h.complete = { got[1] }, got[1] == nil
+                    h.popped = #h.ids
+                    return got[1]
+                end
             end
             if h.ids == nil or (h.pos > #h.ids and not h.complete) then
-                local want = h.n == 0 and 2 or math.max(limit - claimed, 1) + 1
-                -- The ids taken so far are still in the lane (removed at the end): skip them.
-                local offset = h.n
+                local want
+                if h.n == 0 then
+                    want = 2
+                else
+                    want = math.max(limit - claimed, 1) + (h.popped == 0 and 1 or 0)
+                end
+                -- The ids taken so far and not popped are still in the lane (removed at
+                -- the end): skip them.
+                local offset = h.n - h.popped
                 h.ids = redis.call('ZRANGE', lane, offset, offset + want - 1)
                 h.pos = 1
                 h.complete = #h.ids < want
@@ -265,17 +282,18 @@ local function claim_jobs(now, G, argv, first, last)
             end
         end
 
-        -- The head of a lane was taken. The lane is always read one id ahead of what
-        -- the claim took, so a lane this claim empties is known here, at no extra call
-        -- in the common cases (a first read of two; a read-ahead of what the claim may
-        -- still take, plus one).
+        -- The head of a lane was taken. A compared lane is always read one id ahead of
+        -- what the claim took, so a lane this claim empties is known here, at no extra
+        -- call in the common cases (a first read of two; a read-ahead of what the claim
+        -- may still take, plus one). A popped lane is known empty only once a read of it
+        -- comes back short.
         local function lane_take(prio, tenant, task, lane, id)
             local h = heads[lane]
             h.n = h.n + 1
             h[h.n] = id
             h.pos = h.pos + 1
-            if h.pos > #h.ids and not h.complete then
-                lane_head(lane)
+            if h.popped == 0 and h.pos > #h.ids and not h.complete then
+                lane_head(lane) -- a compared lane is read one ahead: emptying is known now
             end
             if h.pos > #h.ids and h.complete then
                 drop_task(prio, tenant, task)
@@ -312,10 +330,10 @@ local function claim_jobs(now, G, argv, first, last)
                         if type(list) == 'string' then
                             -- One task (most tenants): its lane only, no table per tenant.
                             if not capped[list] then
-                                local head = lane_head(lanes)
+                                local head = lane_head(lanes, true)
                                 if head then
                                     best_id, best_task, best_lane = head, list, lanes
-                                elseif heads[lanes].n == 0 then
+                                else -- found empty (see lane_head): it leaves now
                                     empty = { list }
                                 end
                             end
@@ -438,8 +456,8 @@ local function claim_jobs(now, G, argv, first, last)
             flush_scores(prio)
         end
         for lane, h in pairs(heads) do
-            if h.n > 0 then
-                redis.call('ZREM', lane, unpack(h, 1, h.n))
+            if h.n > h.popped then
+                redis.call('ZREM', lane, unpack(h, h.popped + 1, h.n))
             end
         end
         if #taken > 0 then
@@ -453,19 +471,19 @@ local function claim_jobs(now, G, argv, first, last)
             end
             redis.call('ZADD', QP .. 'leases', unpack(leases))
         end
-        -- Per tenant: its ready index, its vtime and its queued/running counts; the
-        -- vtimes and counts of all tenants in one call each (a claim spread over many
-        -- tenants would otherwise pay several calls per job).
+        -- Per tenant: its ready index, its vtime and (under tenant caps only, see
+        -- counts_running) its running count; the vtimes and counts of all tenants in one
+        -- call each (a claim spread over many tenants would otherwise pay several calls
+        -- per job). 'queued' is not counted (see count()).
         local vtimes, fields, deltas = {}, {}, {}
         for tenant, ids in pairs(by_tenant) do
-            local n = #ids
             redis.call('ZREM', QP .. 'r:' .. tenant, unpack(ids))
             vtimes[#vtimes + 1] = tenant
             vtimes[#vtimes + 1] = vtime_str(tenant)
-            fields[#fields + 1] = 'queued:' .. tenant
-            deltas[#deltas + 1] = -n
-            fields[#fields + 1] = 'running:' .. tenant
-            deltas[#deltas + 1] = n
+            if has_caps then
+                fields[#fields + 1] = 'running:' .. tenant
+                deltas[#deltas + 1] = #ids
+            end
         end
         if #vtimes > 0 then
             redis.call('HSET', QP .. 'tv', unpack(vtimes))

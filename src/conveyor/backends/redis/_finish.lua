@@ -14,7 +14,7 @@ local function finish_outcomes(now, G, outcomes, caps)
     local function bucket(QP)
         local b = per_queue[QP]
         if not b then
-            b = { left = {}, counts = {}, adds = {} }
+            b = { left = {}, counts = {}, adds = {}, tenant_caps = counts_running(QP) }
             per_queue[QP] = b
         end
         return b
@@ -137,8 +137,13 @@ local function finish_outcomes(now, G, outcomes, caps)
             if new ~= 'queued' then
                 add(b.adds, QP .. 's:' .. new, '0', id)
             end
-            b.counts['running:' .. tenant] = (b.counts['running:' .. tenant] or 0) - 1
-            b.counts[new .. ':' .. tenant] = (b.counts[new .. ':' .. tenant] or 0) + 1
+            -- Counts (see count()): 'running' only under tenant caps, never 'queued'.
+            if b.tenant_caps then
+                b.counts['running:' .. tenant] = (b.counts['running:' .. tenant] or 0) - 1
+            end
+            if new ~= 'queued' then
+                b.counts[new .. ':' .. tenant] = (b.counts[new .. ':' .. tenant] or 0) + 1
+            end
             taskrun[task] = (taskrun[task] or 0) + 1
             if caps == nil or caps[task] then
                 b.freed_cap = true
@@ -165,7 +170,7 @@ local function finish_outcomes(now, G, outcomes, caps)
         end
         count_many(QP, fields, deltas)
         -- A freed slot may unblock a capped job: worth a wake-up if anything is ready.
-        local freed_cap = b.freed_cap or redis.call('HLEN', QP .. 'tm') > 0
+        local freed_cap = b.freed_cap or b.tenant_caps
         if wake_queues[QP] or (freed_cap and any_ready(QP)) then
             wake(QP)
         end

@@ -28,7 +28,11 @@
 --                                 not kept for 'queued' (the lanes list those) nor
 --                                 'running' ('leases' holds exactly the running ids):
 --                                 a claim then touches two sorted sets fewer
---   QP..'cnt'               hash  state..':'..tenant -> count (stats)
+--   QP..'cnt'               hash  state..':'..tenant -> count (stats), for the states
+--                                 other than 'queued' (stats counts the lanes) and
+--                                 'running' ('leases' holds those); 'running:'..tenant
+--                                 is kept only while the queue has tenant caps (QP..'tm'
+--                                 not empty), which read it: see counts_running()
 --   QP..'due'               zset  scheduled/retrying ids by run_at
 --   QP..'leases'            zset  running ids by lease_expires_at
 --   QP..'waits'             zset  waiting ids (external completion) by their deadline
@@ -90,8 +94,14 @@ local function lane_key(QP, prio, tenant, task)
     return QP .. 'l:' .. prio .. ':' .. len_text(tenant) .. ':' .. tenant .. ':' .. task
 end
 
--- Counts per (state, tenant) for stats; zero entries are dropped.
+-- Counts per (state, tenant) for stats; zero entries are dropped. 'queued' is not
+-- counted: a claim spread over many tenants would write a count field per job, and
+-- stats reads the lanes instead. 'running' is counted only under tenant caps; a
+-- decrement of a count that is not kept finds no field and leaves none.
 local function count(QP, state, tenant, delta)
+    if state == 'queued' then
+        return
+    end
     local field = state .. ':' .. tenant
     if redis.call('HINCRBY', QP .. 'cnt', field, delta) <= 0 then
         redis.call('HDEL', QP .. 'cnt', field)
@@ -107,6 +117,40 @@ local function retry_state(attempt, max_attempts, delay)
         return 'retrying'
     end
     return 'queued'
+end
+
+-- Does the queue keep 'running:'..tenant counts? Only while it has tenant caps: a claim
+-- then reads them (eligible tenants), and set_tenant.lua recounts them from the leases
+-- when the first cap is set. Without caps nothing reads them, and a claim and a finish
+-- spread over many tenants would each write one field per job.
+local function counts_running(QP)
+    return redis.call('HLEN', QP .. 'tm') > 0
+end
+
+-- Drops the count fields whose name starts with prefix ('running:', say): O(fields).
+local function drop_counts(QP, prefix)
+    local gone = {}
+    for _, field in ipairs(redis.call('HKEYS', QP .. 'cnt')) do
+        if string.sub(field, 1, #prefix) == prefix then
+            gone[#gone + 1] = field
+        end
+    end
+    for i = 1, #gone, 1000 do
+        redis.call('HDEL', QP .. 'cnt', unpack(gone, i, math.min(i + 999, #gone)))
+    end
+end
+
+-- Running jobs per tenant, from the leases (which hold exactly the running ids):
+-- O(running jobs). For stats, and for set_tenant.lua when counting starts.
+local function running_by_tenant(G, QP)
+    local n = {}
+    for _, id in ipairs(redis.call('ZRANGE', QP .. 'leases', 0, -1)) do
+        local tenant = redis.call('HGET', jkey(G, id), 'tenant')
+        if tenant then
+            n[tenant] = (n[tenant] or 0) + 1
+        end
+    end
+    return n
 end
 
 -- Many count changes at once (fields[i] changes by deltas[i]): one read and one write

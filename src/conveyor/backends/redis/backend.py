@@ -711,7 +711,7 @@ class RedisBackend(Backend):
 
     async def stats(self) -> list[QueueStats]:
         prefixes = await self._queue_prefixes()
-        args: list[Any] = [self._now_arg()]
+        args: list[Any] = [self._now_arg(), self.keys.store]
         for name, prefix in prefixes.items():
             args += (name, prefix)
         return stats_from_reply(await self._s.stats(keys=[self.keys.route], args=args))

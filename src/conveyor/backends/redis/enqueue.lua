@@ -224,8 +224,10 @@ for _, g in ipairs(groups) do
         end
     end
     if inserted > 0 then
-        local ckey = QP .. '\0' .. state .. ':' .. tenant
-        counts[ckey] = (counts[ckey] or 0) + inserted
+        if state ~= 'queued' then -- not counted: stats reads the lanes (see count())
+            local ckey = QP .. '\0' .. state .. ':' .. tenant
+            counts[ckey] = (counts[ckey] or 0) + inserted
+        end
         if entry and not entry[6] then
             entry[6] = call('ZCARD', lane_key(QP, prio, tenant, task)) -- no write to it yet
         end
