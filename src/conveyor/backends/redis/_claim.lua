@@ -407,7 +407,7 @@ local function claim_jobs(now, G, argv, first, last)
             -- The job's priority is the level it was found at (a lane holds one level).
             local f = redis.call('HMGET', key, 'attempt', 'args', 'kwargs', 'max_attempts',
                 'timeout', 'enqueued_at', 'cancel_requested', 'progress', 'progress_message')
-            local attempt = string.format('%d', (tonumber(f[1]) or 0) + 1) -- absent: never claimed
+            local attempt = int_text((tonumber(f[1]) or 0) + 1) -- absent: never claimed
             redis.call('HSET', key, 'state', 'running', 'attempt', attempt, 'lease_token', token,
                 'lease_expires_at', sexp, 'started_at', snow, 'worker', worker)
             if f[7] or f[8] or f[9] then
