@@ -8,6 +8,7 @@ same order, and their leftovers tidied up.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -121,6 +122,27 @@ async def test_a_lane_emptied_by_a_full_claim_leaves_at_the_next_claim(
     assert second.tenant == "b"
     assert await backend.claim(["default"], 1, worker="w", lease=60.0) == []
     assert ready_keys(client, qp) == []
+
+
+async def test_a_claim_drops_a_bounded_number_of_empty_lanes_and_asks_to_be_called_again(
+    backend: Backend, client: redis.Redis, store_url: str
+) -> None:
+    # Tenants just served sit at the end of their level with their popped lanes: when a
+    # backlog drains, one claim would meet them all. It drops at most 200, then returns
+    # what it has with "next due: now", so the caller claims again at once.
+    tenants = [f"t{i:03d}" for i in range(300)]
+    await backend.enqueue([job(t) for t in [*tenants, "z"]])
+    assert len(await backend.claim(["default"], 301, worker="w", lease=60.0)) == 301
+    qp = queue_prefix(store_url)
+    assert client.zcard(qp + "p:5") == 301  # every lane empty, every tenant listed
+    await backend.enqueue([job("z")])  # behind the 300 at the level (same vtime, name)
+
+    assert await backend.claim(["default"], 10, worker="w", lease=60.0) == []
+    assert client.zcard(qp + "p:5") == 101
+    assert backend._due_at is not None and backend._due_at <= time.monotonic()  # type: ignore[attr-defined]
+    [late] = await backend.claim(["default"], 10, worker="w", lease=60.0)
+    assert late.tenant == "z"
+    assert ready_keys(client, qp) == []  # it went on past z, and found z's lane empty
 
 
 async def test_a_store_written_with_task_sets_is_claimed_alike_and_tidied(

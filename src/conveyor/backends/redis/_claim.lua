@@ -5,6 +5,11 @@
 -- a sprintf, and the claim would otherwise do several per job.
 local PRIO_NAME = { [0] = '0', '1', '2', '3', '4', '5', '6', '7', '8', '9' }
 local TOKEN_SUFFIX = '0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ'
+-- Popped lanes are found empty later (see lane_head), and those of tenants just served
+-- sit at the end of their level's order: when a large backlog drains, one claim would
+-- meet all of them, holding the server for O(tenants). A claim drops at most this many
+-- and then stops, telling its caller to come back at once (next due time = now).
+local EMPTY_LANES_PER_CLAIM = 200
 
 local function claim_jobs(now, G, argv, first, last)
     local expires = now + tonumber(argv[first + 2])
@@ -25,6 +30,7 @@ local function claim_jobs(now, G, argv, first, last)
     local out = { snow, '' }
     local next_due = nil
     local claimed = 0
+    local emptied = 0 -- lanes found empty by this claim (see EMPTY_LANES_PER_CLAIM)
     local taskrun = {}
 
     local function queue_claim(QP)
@@ -360,6 +366,10 @@ local function claim_jobs(now, G, argv, first, last)
                             for _, task in ipairs(empty) do
                                 drop_task(prio, tenant, task)
                             end
+                            emptied = emptied + #empty
+                            if emptied >= EMPTY_LANES_PER_CLAIM then
+                                return nil
+                            end
                             stale = true -- the page may have changed: read it again
                             break
                         end
@@ -446,7 +456,7 @@ local function claim_jobs(now, G, argv, first, last)
                 end
                 take(prio, tenant, task, id, lane)
             end
-            if claimed >= limit then
+            if claimed >= limit or emptied >= EMPTY_LANES_PER_CLAIM then
                 break
             end
         end
@@ -503,7 +513,13 @@ local function claim_jobs(now, G, argv, first, last)
     end
 
     for i = first + 6, last do
+        if emptied >= EMPTY_LANES_PER_CLAIM then
+            break
+        end
         queue_claim(argv[i])
+    end
+    if emptied >= EMPTY_LANES_PER_CLAIM then
+        next_due = now -- stopped short: more may be ready
     end
     for task, n in pairs(taskrun) do
         redis.call('HINCRBY', G .. 'taskrun', task, n)
