@@ -60,6 +60,21 @@ async def test_stats(backend: Backend, make_job: MakeJob, clock: FakeClock, ops:
     assert other.queued == 1 and other.weight == 1.0 and other.max_running is None
 
 
+async def test_oldest_wait_is_the_longest_wait_not_the_oldest_job(
+    backend: Backend, make_job: MakeJob, clock: FakeClock
+) -> None:
+    # The older job became ready later (a delay): the tenant's oldest wait is the
+    # younger job's, ready since it was enqueued.
+    await backend.enqueue([make_job(tenant="a", delay=10.0)])
+    clock.advance(1.0)
+    await backend.enqueue([make_job(tenant="a")])
+    clock.advance(9.0)
+    assert await backend.promote() == 1
+    clock.advance(2.0)
+    [a] = [s for s in await backend.stats() if s.tenant == "a"]
+    assert (a.queued, a.oldest_wait) == (2, pytest.approx(11.0))
+
+
 async def test_wait_for_work_wakes_on_another_instance(
     backend: Backend, open_backend: OpenBackend, make_job: MakeJob
 ) -> None:
