@@ -8,11 +8,13 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+import redis
+from conveyor.backends import Backend, create_backend
 from tests.services import REDIS_URL, require_service
 from tests.stores_redis import redis_store
 
@@ -22,6 +24,23 @@ def store_url() -> Iterator[str]:
     """A fresh private store (own key prefix) on the shared Redis server."""
     with redis_store() as url:
         yield url
+
+
+@pytest.fixture
+async def backend(store_url: str) -> AsyncIterator[Backend]:
+    """An open backend on ``store_url``."""
+    b = create_backend(store_url)
+    await b.open()
+    try:
+        yield b
+    finally:
+        await b.close()
+
+
+@pytest.fixture
+def client(store_url: str) -> redis.Redis:
+    """A plain client of the shared server, for looking at a store's keys."""
+    return redis.Redis.from_url(store_url.split("?", 1)[0], decode_responses=True)
 
 
 def free_port() -> int:

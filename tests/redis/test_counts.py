@@ -8,12 +8,7 @@ versions kept are not read, and the purge drops them once.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import pytest
-
 import redis
-from conveyor.backends import create_backend
 from conveyor.backends.base import Backend, NewJob, Outcome, OutcomeKind
 from conveyor.job import new_job_id
 
@@ -29,21 +24,6 @@ def job(tenant: str) -> NewJob:
         kwargs_json="{}",
         max_attempts=1,
     )
-
-
-@pytest.fixture
-async def backend(store_url: str) -> AsyncIterator[Backend]:
-    b = create_backend(store_url)
-    await b.open()
-    try:
-        yield b
-    finally:
-        await b.close()
-
-
-@pytest.fixture
-def client(store_url: str) -> redis.Redis:
-    return redis.Redis.from_url(store_url.split("?", 1)[0], decode_responses=True)
 
 
 def count_key(store_url: str) -> str:
