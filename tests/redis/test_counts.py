@@ -9,21 +9,8 @@ versions kept are not read, and the purge drops them once.
 from __future__ import annotations
 
 import redis
-from conveyor.backends.base import Backend, NewJob, Outcome, OutcomeKind
-from conveyor.job import new_job_id
-
-
-def job(tenant: str) -> NewJob:
-    return NewJob(
-        id=new_job_id(),
-        task="t.a",
-        queue="default",
-        tenant=tenant,
-        priority=5,
-        args_json="[]",
-        kwargs_json="{}",
-        max_attempts=1,
-    )
+from conveyor.backends.base import Backend, Outcome, OutcomeKind
+from tests.redis.jobs import job
 
 
 def count_key(store_url: str) -> str:

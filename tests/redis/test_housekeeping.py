@@ -4,21 +4,8 @@ from __future__ import annotations
 
 import redis
 from conveyor.backends import create_backend
-from conveyor.backends.base import NewJob, Outcome, OutcomeKind
-from conveyor.job import new_job_id
-
-
-def job(tenant: str) -> NewJob:
-    return NewJob(
-        id=new_job_id(),
-        task="t",
-        queue="default",
-        tenant=tenant,
-        priority=5,
-        args_json="[]",
-        kwargs_json="{}",
-        max_attempts=1,
-    )
+from conveyor.backends.base import Outcome, OutcomeKind
+from tests.redis.jobs import job
 
 
 async def test_purge_forgets_idle_tenants_but_keeps_debts(store_url: str) -> None:

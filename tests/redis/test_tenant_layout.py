@@ -11,21 +11,8 @@ from __future__ import annotations
 import time
 
 import redis
-from conveyor.backends.base import Backend, NewJob, Outcome, OutcomeKind
-from conveyor.job import new_job_id
-
-
-def job(tenant: str, task: str = "t.a", priority: int = 5) -> NewJob:
-    return NewJob(
-        id=new_job_id(),
-        task=task,
-        queue="default",
-        tenant=tenant,
-        priority=priority,
-        args_json="[]",
-        kwargs_json="{}",
-        max_attempts=1,
-    )
+from conveyor.backends.base import Backend, Outcome, OutcomeKind
+from tests.redis.jobs import job
 
 
 def queue_prefix(store_url: str) -> str:
