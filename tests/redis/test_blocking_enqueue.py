@@ -12,7 +12,7 @@ import redis.exceptions
 from redis.client import Redis
 
 import conveyor
-from conveyor.backends.redis import UnsafeServerError, _blocking
+from conveyor.backends.redis import UnsafeServerError, _blocking, _spin
 from tests.chaos.proxy import Proxy
 from tests.redis.conftest import StartRedis, free_port
 
@@ -153,3 +153,36 @@ def test_a_frozen_server_runs_the_call_once_though_it_was_sent_twice(
         os.kill(pid, signal.SIGCONT)
         reader.close()
         app.close()
+
+
+@pytest.mark.parametrize("spin_us", [None, "0"])
+def test_single_enqueues_poll_for_their_reply_unless_turned_off(
+    store_url: str, spin_us: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    polls: list[int] = []
+    real_poll = _spin.select.poll
+
+    class Counting:
+        def __init__(self) -> None:
+            self._poll = real_poll()
+
+        def register(self, sock: object, events: int) -> None:
+            self._poll.register(sock, events)
+
+        def poll(self, timeout: int) -> list[tuple[int, int]]:
+            polls.append(timeout)
+            return self._poll.poll(timeout)
+
+    monkeypatch.setattr(_spin.select, "poll", Counting)
+    url = store_url if spin_us is None else f"{store_url}&spin_us={spin_us}"
+    app = conveyor.App(url)
+    try:
+        handles = [app.enqueue("t", args=[i]) for i in range(20)]
+        handles += app.enqueue_many([{"task": "t", "args": [i]} for i in range(20, 40)])
+        assert [h.info().args for h in handles] == [[i] for i in range(40)]
+    finally:
+        app.close()
+    if spin_us == "0":
+        assert polls == []
+    else:  # every single enqueue polled (the local server answers within the budget)
+        assert polls and set(polls) == {0}

@@ -36,6 +36,7 @@ from redis.retry import Retry
 
 from conveyor.backends.redis._safety import check_server_blocking
 from conveyor.backends.redis._scripts import script_source
+from conveyor.backends.redis._spin import ReplySpin
 from conveyor.backends.redis._url import RedisOptions
 
 # No CLIENT SETINFO on connect: two round trips per new connection, which a producer
@@ -97,6 +98,7 @@ class BlockingEnqueuer:
         #: The packed start of the last EVALSHA (everything but the jobs argument), with
         #: what it was packed from: a producer's calls differ only in their jobs.
         self._head: tuple[tuple[Any, ...], bytes] = ((), b"")
+        self._spin = ReplySpin(options.spin)
 
     def _open(self) -> Any:
         with self._lock:
@@ -143,10 +145,12 @@ class BlockingEnqueuer:
                 self._script = script
             return self._script
 
-    def run(self, keys: list[str], args: list[Any]) -> list[str]:
+    def run(self, keys: list[str], args: list[Any], *, single: bool = False) -> list[str]:
+        """EVALSHA the enqueue script; ``single``: the call carries one job, so its
+        reply is awaited by polling first (see ``_spin.py``)."""
         script = self._script or self._open()
         try:
-            return self._evalsha(script.sha, keys, args)
+            return self._evalsha(script.sha, keys, args, single)
         except NoScriptError:  # a restarted or flushed server: load it, then once more
             conn = self._take()
             try:
@@ -155,21 +159,21 @@ class BlockingEnqueuer:
                 conn.disconnect()
                 raise
             self._idle.append((conn, time.monotonic()))
-            return self._evalsha(script.sha, keys, args)
+            return self._evalsha(script.sha, keys, args, single)
 
-    def _evalsha(self, sha: str, keys: list[str], args: list[Any]) -> list[str]:
+    def _evalsha(self, sha: str, keys: list[str], args: list[Any], single: bool) -> list[str]:
         packed = self._pack(sha, keys, args)
         try:
-            return self._call(packed)
+            return self._call(packed, single)
         except (RedisConnectionError, RedisTimeoutError) as exc:
             # No answer, or a broken connection: the script may or may not have run.
             # Once more on a new connection (idempotent per job id), after dropping the
             # idle ones, which may have gone silent too.
             log.warning("enqueue got no answer (%s): trying once more on a new connection", exc)
             self._drop_idle()
-            return self._call(packed)
+            return self._call(packed, single)
 
-    def _call(self, packed: bytes) -> list[str]:
+    def _call(self, packed: bytes, single: bool) -> list[str]:
         # A connection used by one call at a time: list.pop/append are atomic, so
         # threads share the idle list without a lock. Any failure other than an error
         # reply (which leaves the connection clean) drops the connection, so a half-read
@@ -177,7 +181,13 @@ class BlockingEnqueuer:
         conn = self._take()
         try:
             conn.send_packed_command([packed], check_health=False)
-            reply: list[str] = conn.read_response()
+            if single:
+                sent = time.perf_counter()
+                self._spin.wait(conn._sock)
+                reply: list[str] = conn.read_response()
+                self._spin.record(time.perf_counter() - sent)
+            else:
+                reply = conn.read_response()
         except ResponseError:
             self._idle.append((conn, time.monotonic()))
             raise

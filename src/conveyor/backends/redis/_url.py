@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from conveyor.backends.redis._spin import DEFAULT_BUDGET
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 #: redis-py's names for ``ssl_cert_reqs`` (it compares them case-sensitively).
@@ -30,6 +32,20 @@ def _flag(name: str, value: str, url: str) -> bool:
     raise ValueError(f"{name}={value!r} in Redis URL {url!r}: write {name}=1 or {name}=0")
 
 
+def _spin_us(value: str, url: str) -> float:
+    """``spin_us=N``: microseconds (0 to 10,000) as seconds."""
+    try:
+        micros = int(value)
+    except ValueError:
+        micros = -1
+    if not 0 <= micros <= 10_000:
+        raise ValueError(
+            f"spin_us={value!r} in Redis URL {url!r}: write a whole number of "
+            "microseconds from 0 (never poll) to 10000"
+        )
+    return micros / 1e6
+
+
 def _host_port(value: str, url: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit():
@@ -45,6 +61,8 @@ class RedisOptions:
     one server. ``allow_eviction=1`` accepts a server whose maxmemory-policy evicts keys.
     ``cluster=1`` connects with redis-py's Redis Cluster client; ``node=host:port``
     (repeatable) names more nodes to discover the cluster from, besides the URL's host.
+    ``spin_us=N`` (default 200, 0 = off): microseconds a sync single-job enqueue polls
+    for its reply before sleeping in the kernel (see ``_spin.py``).
     Every other query option is handed to redis-py (``ssl_cert_reqs``, ``socket_timeout``...).
     """
 
@@ -56,6 +74,8 @@ class RedisOptions:
     cluster: bool = False
     #: Further cluster nodes to start discovery from (the URL's own host comes first).
     nodes: tuple[tuple[str, int], ...] = ()
+    #: Seconds a sync single-job enqueue polls for its reply before it sleeps.
+    spin: float = DEFAULT_BUDGET
 
     @classmethod
     def parse(cls, url: str) -> RedisOptions:
@@ -66,6 +86,7 @@ class RedisOptions:
             raise ValueError(f"not a Redis URL: {shown!r} (write redis://host:port/db)")
         prefix, allow_eviction, cluster = "conveyor", False, False
         nodes: list[tuple[str, int]] = []
+        spin = DEFAULT_BUDGET
         rest = []
         for name, value in parse_qsl(parts.query, keep_blank_values=True):
             if name == "prefix":
@@ -76,6 +97,8 @@ class RedisOptions:
                 cluster = _flag(name, value, shown)
             elif name == "node":
                 nodes.append(_host_port(value, shown))
+            elif name == "spin_us":
+                spin = _spin_us(value, shown)
             else:
                 rest.append((name, _check_client_option(name, value, scheme, shown)))
         if not prefix:
@@ -91,7 +114,7 @@ class RedisOptions:
         client_url = urlunsplit(parts._replace(query=urlencode(rest)))
         host = f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
         where = f"the cluster at {host}" if cluster else f"{host}/{db}"
-        return cls(client_url, prefix, allow_eviction, where, cluster, tuple(nodes))
+        return cls(client_url, prefix, allow_eviction, where, cluster, tuple(nodes), spin)
 
 
 def _check_client_option(name: str, value: str, scheme: str, url: str) -> str:

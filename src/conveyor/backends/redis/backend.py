@@ -321,7 +321,9 @@ class RedisBackend(Backend):
         if not jobs:
             return []
         try:
-            return self._blocking.run([self.keys.route], self._enqueue_args(jobs))
+            return self._blocking.run(
+                [self.keys.route], self._enqueue_args(jobs), single=len(jobs) == 1
+            )
         except rexc.ResponseError as exc:
             raise _enqueue_error(exc) from None
 
