@@ -4,6 +4,7 @@ path stores."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import threading
@@ -20,6 +21,7 @@ from conveyor.backends.redis._url import RedisOptions
 from conveyor.backends.redis.backend import RedisBackend
 from conveyor.job import JobState
 from tests.redis.conftest import StartRedis
+from tests.redis.jobs import job
 
 
 def test_a_mixed_batch_keeps_its_order_and_each_jobs_fields(store_url: str) -> None:
@@ -221,3 +223,29 @@ def test_threads_enqueueing_to_different_queues_each_get_their_own(store_url: st
             assert len(jobs) == 200 and {j.args[0] for j in jobs} == {f"q{i}"}
     finally:
         app.close()
+
+
+async def test_jobs_that_exist_already_are_not_written_again(backend: RedisBackend) -> None:
+    """A call sent again (its reply lost) or a caller's retry: whichever of its jobs
+    exist keep their state, the others are inserted; an id given twice in one call is
+    stored once. (The script asks once per call whether any job exists, then per job.)"""
+    first, second = job("a"), job("a")
+    assert await backend.enqueue([first]) == [first.id]
+    (claimed,) = await backend.claim(["default"], 1, worker="w", lease=30.0)
+    assert claimed.id == first.id
+    again = [first, second, second]
+    assert await backend.enqueue(again) == [first.id, second.id, second.id]
+    assert (await backend.get(first.id)).state is JobState.RUNNING  # not reset to queued
+    assert [j.id for j in await backend.query(state=JobState.QUEUED)] == [second.id]
+    (row,) = await backend.stats()
+    assert (row.queued, row.running) == (1, 1)
+
+    third = job("a")
+    assert await backend.enqueue([third, third]) == [third.id, third.id]  # none existed
+    queued = await backend.query(state=JobState.QUEUED)
+    assert sorted(j.id for j in queued) == sorted([second.id, third.id])
+    assert len(await backend.claim(["default"], 10, worker="w", lease=30.0)) == 2
+    later = dataclasses.replace(job("a"), delay=60.0)
+    assert await backend.enqueue([later, later]) == [later.id, later.id]
+    (row,) = await backend.stats()
+    assert row.scheduled == 1  # counted once

@@ -128,6 +128,15 @@ def _pack_command(parts: Sequence[str | int]) -> bytes:
     return b"".join(out)
 
 
+def _stored_ids(jobs: Sequence[NewJob], replaced: list[str]) -> list[str]:
+    """The id each job is stored under: its own, except where enqueue.lua's reply
+    (position, holder id, ...) names the job already holding its dedup key."""
+    ids = [job.id for job in jobs]
+    for i in range(0, len(replaced), 2):
+        ids[int(replaced[i]) - 1] = replaced[i + 1]
+    return ids
+
+
 class RedisBackend(Backend):
     """``redis://host:port/db[?prefix=conveyor&allow_eviction=0]``, also ``rediss://``;
     ``redis://host:port?cluster=1`` for a Redis Cluster (see ``_url.py``)."""
@@ -308,24 +317,23 @@ class RedisBackend(Backend):
         if not jobs:
             return []
         try:
-            ids: list[str] = await self._s.enqueue(
-                keys=[self.keys.route], args=self._enqueue_args(jobs)
-            )
+            replaced = await self._s.enqueue(keys=[self.keys.route], args=self._enqueue_args(jobs))
         except rexc.ResponseError as exc:
             raise _enqueue_error(exc) from None
         if self._wake is not None:
             self._wake.flag.set()  # our own listener may not be subscribed to these queues
-        return ids
+        return _stored_ids(jobs, replaced)
 
     def enqueue_blocking(self, jobs: Sequence[NewJob]) -> list[str]:
         if not jobs:
             return []
         try:
-            return self._blocking.run(
+            replaced = self._blocking.run(
                 [self.keys.route], self._enqueue_args(jobs), single=len(jobs) == 1
             )
         except rexc.ResponseError as exc:
             raise _enqueue_error(exc) from None
+        return _stored_ids(jobs, replaced)
 
     def close_blocking(self) -> None:
         self._blocking.close()

@@ -1,5 +1,7 @@
--- enqueue: insert jobs atomically; returns their ids in order. A job whose dedup key is
--- held by an active job is not inserted: the holder's id is returned in its place.
+-- enqueue: insert jobs atomically. A job whose dedup key is held by an active job is not
+-- inserted: the holder's id takes its place. Returns those replacements only, as a flat
+-- list {position (1-based, in call order), holder id, ...}: empty in the common case
+-- (echoing 1,000 ids the caller made itself cost Redis half a microsecond per job).
 --
 -- KEYS[1]  G..'queues' (routes the call to the node holding the store's slot)
 -- ARGV[1]  now ('' = Redis TIME)      ARGV[2]  G (store prefix)
@@ -21,8 +23,10 @@
 --   finished_at expires_at lease_token lease_expires_at worker progress progress_message
 --   result cancel_requested
 --
--- Speed: a job costs two calls (EXISTS, HSET) and no Lua table of its own: the hash's
--- fields are built once per group and only id and arguments change from job to job.
+-- Speed: a job costs one call (HSET) and no Lua table of its own: the hash's fields are
+-- built once per group and only id and arguments change from job to job. Whether any job
+-- exists already (a retried call) is asked once for the whole call, with one variadic
+-- EXISTS; only then is each job asked on its own.
 -- Numbers written per job are strings ('0'): Redis would format a Lua number with
 -- %.17g for every argument.
 -- Every index is written afterwards with one variadic command per key, so 10,000 jobs
@@ -102,7 +106,24 @@ for _, g in ipairs(groups) do
     end
 end
 
-local ids = {}
+-- The jobs' keys, in call order, and whether any exists already: a call sent again after
+-- its reply was lost (enqueue is idempotent per job id), or a caller's retry. One EXISTS
+-- per job cost 0.6 µs, an eighth of the script.
+local job_keys = {}
+for _, g in ipairs(groups) do
+    local flat = g[14]
+    for i = 1, #flat, 3 do
+        job_keys[#job_keys + 1] = jkey(G, flat[i])
+    end
+end
+local existing = 0
+for i = 1, #job_keys, 1000 do
+    existing = existing + call('EXISTS', unpack(job_keys, i, math.min(i + 999, #job_keys)))
+end
+-- None exists: an id met again is one given twice in this very call.
+local seen = existing == 0 and {} or nil
+
+local replaced = {}
 local n = 0
 local linked = {}
 for _, g in ipairs(groups) do
@@ -175,7 +196,7 @@ for _, g in ipairs(groups) do
     for i = 1, #flat, 3 do
         local id = flat[i]
         n = n + 1
-        local jk = jkey(G, id)
+        local jk = job_keys[n]
         local holder = nil
         if key ~= '' then
             holder = call('HGET', G .. 'keys', key)
@@ -183,14 +204,20 @@ for _, g in ipairs(groups) do
                 holder = window_holder(key)
             end
         end
+        -- A job that exists was inserted by an earlier try of this very call whose reply
+        -- was lost (or is given twice): enqueue is idempotent per id, so a retry never
+        -- duplicates a job.
+        local exists = false
         if holder then
-            ids[n] = holder
-        elseif call('EXISTS', jk) == 1 then
-            -- Inserted by an earlier try of this very call whose reply was lost: enqueue is
-            -- idempotent per id, so a retry never duplicates a job.
-            ids[n] = id
+            replaced[#replaced + 1] = n
+            replaced[#replaced + 1] = holder
+        elseif seen then
+            exists = seen[id] ~= nil
+            seen[id] = true
         else
-            ids[n] = id
+            exists = call('EXISTS', jk) == 1
+        end
+        if not holder and not exists then
             inserted = inserted + 1
             if key ~= '' then
                 call('HSET', G .. 'keys', key, id)
@@ -283,4 +310,4 @@ end
 for _, q in ipairs(queues) do
     wake(q[2])
 end
-return ids
+return replaced
