@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import statistics
 import time
 
@@ -10,7 +11,8 @@ import redis.asyncio as aioredis
 
 from conveyor.backends import create_backend
 from conveyor.backends.base import NewJob, Outcome, OutcomeKind
-from conveyor.job import new_job_id
+from conveyor.backends.redis.backend import RedisBackend
+from conveyor.job import JobState, new_job_id
 from tests.redis.conftest import StartRedis
 
 
@@ -100,3 +102,41 @@ async def test_a_freed_task_cap_wakes_a_waiting_worker(store_url: str) -> None:
     finally:
         await waiter.close()
         await finisher.close()
+
+
+async def test_only_an_enqueue_with_news_publishes(store_url: str) -> None:
+    """A job joining a lane that holds jobs already wakes nobody (a waiting worker that
+    left those jobs would leave it too); the first job of a lane, another tenant's, and
+    a scheduled job (waiters recompute their next due time) each publish."""
+    backend = create_backend(store_url)
+    await backend.open()
+    assert isinstance(backend, RedisBackend)
+    listener = aioredis.Redis.from_url(store_url.split("?")[0])
+    pubsub = listener.pubsub()
+    await pubsub.subscribe(backend.keys.wake("default"))
+    await pubsub.get_message(timeout=1.0)  # the subscribe confirmation
+
+    async def wakes() -> int:
+        n = 0
+        while await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2):
+            n += 1
+        return n
+
+    try:
+        await backend.enqueue([job()])
+        assert await wakes() == 1  # the lane's first job
+        await backend.enqueue([job()])
+        await backend.enqueue([job(), job()])
+        assert await wakes() == 0  # a busy lane: no news
+        await backend.enqueue([dataclasses.replace(job(), tenant="other")])
+        assert await wakes() == 1
+        await backend.enqueue([dataclasses.replace(job(), delay=60.0)])
+        assert await wakes() == 1
+        assert len(await backend.claim(["default"], 10, worker="w", lease=30.0)) == 5
+        assert len(await backend.query(state=JobState.QUEUED)) == 0  # every lane empty
+        await backend.enqueue([job()])
+        assert await wakes() == 1  # empty again: news
+    finally:
+        await pubsub.aclose()
+        await listener.aclose()
+        await backend.close()

@@ -50,11 +50,14 @@ end
 -- Per queue: index key -> {score, member, ...} to add, and counters to apply.
 local zadds, counts, lanes, aging = {}, {}, {}, {}
 local activated = {}
+-- Queues that got news: a ready job in a lane that was empty, or a job that is not ready
+-- yet (scheduled, blocked). Only they are registered and woken at the end. A job added
+-- to a lane that holds jobs already changes nothing for a waiting worker: the jobs
+-- before it would have been claimed were it free to (caps stop the new job as they stop
+-- them), and the queue is registered since the lane's first job. So the common single
+-- enqueue into a busy queue costs neither a registration check nor a PUBLISH.
+local news = {}
 for qi, q in ipairs(queues) do
-    -- A queue seen before costs one call, not two (its prefix never changes).
-    if call('HSETNX', G .. 'qp', q[1], q[2]) == 1 then
-        call('SADD', G .. 'queues', q[1])
-    end
     aging[qi] = aging_of(q[2])
 end
 
@@ -254,9 +257,13 @@ for _, g in ipairs(groups) do
         if state ~= 'queued' then -- not counted: stats reads the lanes (see count())
             local ckey = QP .. '\0' .. state .. ':' .. tenant
             counts[ckey] = (counts[ckey] or 0) + inserted
+            news[qi] = true
         end
         if entry and not entry[6] then
             entry[6] = call('ZCARD', lane_key(QP, prio, tenant, task)) -- no write to it yet
+        end
+        if entry and entry[6] == 0 then
+            news[qi] = true
         end
         local tkey = QP .. '\0' .. tenant
         if entry and not activated[tkey] then
@@ -307,7 +314,12 @@ for _, l in ipairs(linked) do
     link_dependencies(G, l[1], cjson.decode(l[2]), l[3], now)
 end
 -- Scheduled jobs wake waiters too: they recompute when the next job falls due.
-for _, q in ipairs(queues) do
+for qi in pairs(news) do
+    local q = queues[qi]
+    -- A queue seen before costs one call, not two (its prefix never changes).
+    if call('HSETNX', G .. 'qp', q[1], q[2]) == 1 then
+        call('SADD', G .. 'queues', q[1])
+    end
     wake(q[2])
 end
 return replaced
