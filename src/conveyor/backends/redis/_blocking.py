@@ -183,7 +183,7 @@ class BlockingEnqueuer:
             conn.send_packed_command([packed], check_health=False)
             if single:
                 sent = time.perf_counter()
-                self._spin.wait(conn._sock)
+                self._spin.wait(getattr(conn, "_sock", None))  # redis-py's socket
                 reply: list[str] = conn.read_response()
                 self._spin.record(time.perf_counter() - sent)
             else:

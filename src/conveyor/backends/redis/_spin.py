@@ -11,7 +11,7 @@ lets other threads take the GIL) for up to ``budget`` seconds, then sleeps in th
 blocking read. The poll is only worth its CPU when the reply usually comes within the
 budget, so it adapts: a moving average of recent replies' waits above the budget (a
 server across a network, a loaded one) turns polling off until replies come quickly
-again. Only one thread of a process polls at a time (others sleep as before), and a
+again. Only one thread of an app polls at a time (others sleep as before), and a
 one-CPU machine never polls: the server it waits for may need that CPU.
 """
 
@@ -38,7 +38,7 @@ class ReplySpin:
         self.budget = budget if cpus > 1 else 0.0
         #: Moving average of the waits of single-job calls, in seconds.
         self.average = 0.0
-        self._polling = threading.Lock()  # one polling thread per process
+        self._polling = threading.Lock()  # one polling thread at a time
 
     def wait(self, sock: Any) -> None:
         """Poll ``sock`` (a request just sent on it) until it is readable or the budget
