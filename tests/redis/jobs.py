@@ -6,7 +6,7 @@ from conveyor.backends.base import NewJob
 from conveyor.job import new_job_id
 
 
-def job(tenant: str, task: str = "t.a", priority: int = 5) -> NewJob:
+def job(tenant: str | None = None, task: str = "t.a", priority: int = 5) -> NewJob:
     return NewJob(
         id=new_job_id(),
         task=task,

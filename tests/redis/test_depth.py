@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from conveyor.backends import create_backend
 from conveyor.backends.base import NewJob
 from conveyor.backends.redis import backend as redis_backend
-from conveyor.job import new_job_id
+from tests.redis.jobs import job
 
 
-def job(tenant: str, priority: int) -> NewJob:
-    return NewJob(
-        id=new_job_id(),
-        task="t",
-        queue="default",
-        tenant=tenant,
-        priority=priority,
-        args_json="[]",
-        kwargs_json="{}",
-        max_attempts=1,
-        delay=60.0,
-    )
+def scheduled(tenant: str, priority: int) -> NewJob:
+    return dataclasses.replace(job(tenant, "t", priority), delay=60.0)
 
 
 async def test_scheduled_counts_summed_across_pages(
@@ -31,7 +23,7 @@ async def test_scheduled_counts_summed_across_pages(
     backend = create_backend(store_url)
     await backend.open()
     try:
-        jobs = [job("a", 1) for _ in range(5)] + [job("b", 2) for _ in range(6)]
+        jobs = [scheduled("a", 1) for _ in range(5)] + [scheduled("b", 2) for _ in range(6)]
         await backend.enqueue(jobs)
         found = [(d.tenant, d.priority, d.state, d.count) for d in await backend.waiting_counts()]
         assert found == [("a", 1, "scheduled", 5), ("b", 2, "scheduled", 6)]

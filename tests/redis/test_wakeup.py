@@ -10,23 +10,11 @@ import time
 import redis.asyncio as aioredis
 
 from conveyor.backends import create_backend
-from conveyor.backends.base import NewJob, Outcome, OutcomeKind
+from conveyor.backends.base import Outcome, OutcomeKind
 from conveyor.backends.redis.backend import RedisBackend
-from conveyor.job import JobState, new_job_id
+from conveyor.job import JobState
 from tests.redis.conftest import StartRedis
-
-
-def job() -> NewJob:
-    return NewJob(
-        id=new_job_id(),
-        task="t",
-        queue="default",
-        tenant=None,
-        priority=5,
-        args_json="[]",
-        kwargs_json="{}",
-        max_attempts=1,
-    )
+from tests.redis.jobs import job
 
 
 async def test_wake_latency_is_milliseconds(store_url: str) -> None:
@@ -41,7 +29,7 @@ async def test_wake_latency_is_milliseconds(store_url: str) -> None:
             waiting = asyncio.create_task(waiter.wait_for_work(["default"], 5.0))
             await asyncio.sleep(0.01)
             started = time.perf_counter()
-            await producer.enqueue([job()])
+            await producer.enqueue([job(task="t")])
             await asyncio.wait_for(waiting, 5.0)
             latencies.append(time.perf_counter() - started)
             assert len(await waiter.claim(["default"], 10, worker="w", lease=30.0)) == 1
@@ -84,7 +72,7 @@ async def test_a_freed_task_cap_wakes_a_waiting_worker(store_url: str) -> None:
     await finisher.open()
     caps = {"t": 1}
     try:
-        await finisher.enqueue([job(), job()])
+        await finisher.enqueue([job(task="t"), job(task="t")])
         (running,) = await finisher.claim(["default"], 10, worker="a", lease=30.0, task_caps=caps)
         assert await waiter.claim(["default"], 10, worker="b", lease=30.0, task_caps=caps) == []
         waiting = asyncio.create_task(waiter.wait_for_work(["default"], 60.0))
@@ -123,18 +111,18 @@ async def test_only_an_enqueue_with_news_publishes(store_url: str) -> None:
         return n
 
     try:
-        await backend.enqueue([job()])
+        await backend.enqueue([job(task="t")])
         assert await wakes() == 1  # the lane's first job
-        await backend.enqueue([job()])
-        await backend.enqueue([job(), job()])
+        await backend.enqueue([job(task="t")])
+        await backend.enqueue([job(task="t"), job(task="t")])
         assert await wakes() == 0  # a busy lane: no news
-        await backend.enqueue([dataclasses.replace(job(), tenant="other")])
+        await backend.enqueue([dataclasses.replace(job(task="t"), tenant="other")])
         assert await wakes() == 1
-        await backend.enqueue([dataclasses.replace(job(), delay=60.0)])
+        await backend.enqueue([dataclasses.replace(job(task="t"), delay=60.0)])
         assert await wakes() == 1
         assert len(await backend.claim(["default"], 10, worker="w", lease=30.0)) == 5
         assert len(await backend.query(state=JobState.QUEUED)) == 0  # every lane empty
-        await backend.enqueue([job()])
+        await backend.enqueue([job(task="t")])
         assert await wakes() == 1  # empty again: news
     finally:
         await pubsub.aclose()
