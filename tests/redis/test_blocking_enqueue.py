@@ -178,8 +178,11 @@ def test_single_enqueues_poll_for_their_reply_unless_turned_off(
     app = conveyor.App(url)
     try:
         handles = [app.enqueue("t", args=[i]) for i in range(20)]
+        after_singles = len(polls)
         handles += app.enqueue_many([{"task": "t", "args": [i]} for i in range(20, 40)])
-        assert [h.info().args for h in handles] == [[i] for i in range(40)]
+        assert len(polls) == after_singles  # a call of many jobs never polls
+        handles += app.enqueue_many([{"task": "t", "args": [40]}])  # one job: polls
+        assert [h.info().args for h in handles] == [[i] for i in range(41)]
     finally:
         app.close()
     if spin_us == "0":
