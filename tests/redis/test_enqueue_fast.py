@@ -249,3 +249,51 @@ async def test_jobs_that_exist_already_are_not_written_again(backend: RedisBacke
     assert await backend.enqueue([later, later]) == [later.id, later.id]
     (row,) = await backend.stats()
     assert row.scheduled == 1  # counted once
+
+
+async def test_a_job_alone_is_stored_as_the_same_job_in_a_batch(store_url: str) -> None:
+    """One job goes as plain arguments, a batch as JSON: with every option set, both
+    forms store the same fields (but the id and the arguments)."""
+    backend = RedisBackend(store_url)
+    await backend.open()
+    parent = job()
+    options = {
+        "tenant": "org é",
+        "priority": 2,
+        "timeout": 7.5,
+        "result_ttl": 60.0,
+        "delay": 30.0,
+        "after": (parent.id,),
+        "after_policy": "always",
+    }
+    shared = {"task": "t.b", "queue": "q", "max_attempts": 4, "kwargs_json": '{"k": "ü"}'}
+
+    def one(n: int, **more: object) -> NewJob:
+        return NewJob(id=f"id{n}", args_json=f"[{n}]", **shared, **options, **more)  # type: ignore[arg-type]
+
+    client = Redis.from_url(store_url.partition("?")[0], decode_responses=True)
+    try:
+        await backend.enqueue([parent])
+        alone = one(1)
+        assert len(backend._enqueue_args([alone])) > 4  # not the JSON form
+        await backend.enqueue([alone])
+        await backend.enqueue([one(2), one(3)])
+        for keyed in ({"key": "k1", "unique_for": 90.0}, {"key": "k2"}):
+            await backend.enqueue([one(4, **keyed)])
+            await backend.enqueue([one(5, **keyed), one(6)])
+
+        def stored(n: int) -> dict[str, str]:
+            fields = client.hgetall(backend.keys.job(f"id{n}"))
+            assert fields, f"id{n} was not stored"
+            timed = ("enqueued_at", "run_at")  # now, and now + delay
+            return {k: v for k, v in fields.items() if k not in ("id", "args", *timed)}
+
+        assert stored(1) == stored(2) and stored(1)["state"] == "blocked"
+        assert stored(1)["tenant"] == "org é" and stored(1)["timeout"] == "7.5"
+        assert stored(4)["key"] == "k1"
+        # The same dedup key again: the holder's id takes the new job's place.
+        assert await backend.enqueue([one(7, key="k1", unique_for=90.0)]) == ["id4"]
+        assert not client.exists(backend.keys.job("id7"))
+    finally:
+        client.close()
+        await backend.close()

@@ -128,6 +128,25 @@ def _pack_command(parts: Sequence[str | int]) -> bytes:
     return b"".join(out)
 
 
+def _shape(job: NewJob) -> tuple[Any, ...]:
+    """What the jobs of one run (enqueue.lua's group) share: all but id and arguments."""
+    return (
+        job.task,
+        job.queue,
+        job.tenant,
+        job.priority,
+        job.max_attempts,
+        job.timeout,
+        job.result_ttl,
+        job.key,
+        job.delay,
+        job.run_at,
+        job.after,
+        job.after_policy,
+        job.unique_for,
+    )
+
+
 def _stored_ids(jobs: Sequence[NewJob], replaced: list[str]) -> list[str]:
     """The id each job is stored under: its own, except where enqueue.lua's reply
     (position, holder id, ...) names the job already holding its dedup key."""
@@ -237,27 +256,27 @@ class RedisBackend(Backend):
         """enqueue.lua's arguments: the jobs as runs of consecutive jobs that differ only
         in id and arguments (one run for a whole ``enqueue_many`` of one task), so that
         neither side encodes or decodes the shared fields once per job."""
+        if len(jobs) == 1:
+            # One job (a single enqueue): its fields as plain arguments. Decoding JSON
+            # cost Redis about 25,000 instructions, a tenth of the whole call.
+            job = jobs[0]
+            return [
+                self._now_arg(),
+                self.keys.store,
+                job.queue,
+                self.keys.queue(job.queue),
+                *self._group_fields(_shape(job)),
+                job.id,
+                job.args_json,
+                job.kwargs_json,
+            ]
         queues: dict[str, int] = {}
         parts: list[str] = []
         shape: tuple[Any, ...] | None = None
         head = ""
         flat: list[str] = []
         for job in jobs:
-            this = (
-                job.task,
-                job.queue,
-                job.tenant,
-                job.priority,
-                job.max_attempts,
-                job.timeout,
-                job.result_ttl,
-                job.key,
-                job.delay,
-                job.run_at,
-                job.after,
-                job.after_policy,
-                job.unique_for,
-            )
+            this = _shape(job)
             if this != shape:
                 if flat:
                     parts.append(f"{head}{_json(flat)}]")
@@ -290,11 +309,20 @@ class RedisBackend(Backend):
         cached = self._group_heads.get((shape, qi))
         if cached is not None:
             return cached
+        task, *rest = self._group_fields(shape)
+        head = _json([task, qi, *rest])[:-1] + ","  # the open group, its job list to follow
+        if len(self._group_heads) >= 1000:  # bounded: dedup keys and due times vary
+            self._group_heads.clear()
+        self._group_heads[(shape, qi)] = head
+        return head
+
+    @staticmethod
+    def _group_fields(shape: tuple[Any, ...]) -> list[str]:
+        """A run's shared fields as enqueue.lua reads them (without the queue)."""
         task, _, tenant, priority, max_attempts, timeout, result_ttl = shape[:7]
         key, delay, run_at, after, after_policy, unique_for = shape[7:]
-        fields = [
+        return [
             task,
-            qi,
             tenant or "",
             str(priority),
             str(max_attempts),
@@ -307,11 +335,6 @@ class RedisBackend(Backend):
             after_policy,
             _num(unique_for),
         ]
-        head = _json(fields)[:-1] + ","  # the open group, its job list to follow
-        if len(self._group_heads) >= 1000:  # bounded: dedup keys and due times vary
-            self._group_heads.clear()
-        self._group_heads[(shape, qi)] = head
-        return head
 
     async def enqueue(self, jobs: Sequence[NewJob]) -> list[str]:
         if not jobs:
