@@ -187,9 +187,11 @@ def test_the_jobs_argument_encodes_each_run_once() -> None:
             [*shared[:2], "org", *shared[3:], ["id3", "[3]", "{}"]],
             [*shared[:8], "2.5", *shared[9:], ["id4", "[4]", "{}"]],
         ]
-    for n in range(1500):  # one head per due time: the cache stays bounded
-        backend._enqueue_args([job(n, delay=n + 1.0)])
+    for n in range(1500):  # one head per due time: the caches stay bounded
+        backend._enqueue_args([job(n, delay=n + 1.0), job(n + 1, delay=n + 1.0)])
+        backend._enqueue_args([job(n, delay=n + 1.0)])  # a single job's own cache
     assert len(backend._group_heads) <= 1000
+    assert len(backend._single_heads) <= 1000
 
 
 def test_the_packed_command_is_what_redis_py_would_send() -> None:

@@ -198,16 +198,16 @@ class BlockingEnqueuer:
         return reply
 
     def _pack(self, sha: str, keys: list[str], args: list[str]) -> bytes:
-        """``EVALSHA sha len(keys) *keys *args``, packed; only the last argument (the
-        jobs) is packed per call, the rest when it changes."""
-        fixed = (sha, *keys, *args[:-1])
+        """``EVALSHA sha len(keys) *keys *args``, packed; only the last three arguments
+        (one job's id and arguments, or a batch's store, queues and jobs) are packed per
+        call, the rest when it changes (a single enqueue's task and options)."""
+        fixed = (sha, *keys, *args[:-3])
         head = self._head  # read once: another thread may replace it meanwhile
         if fixed != head[0]:
             count = 3 + len(keys) + len(args)
-            parts = ["EVALSHA", sha, len(keys), *keys, *args[:-1]]
+            parts = ["EVALSHA", sha, len(keys), *keys, *args[:-3]]
             head = self._head = (fixed, b"*%d\r\n%b" % (count, _resp(parts)))
-        jobs = args[-1].encode()
-        return b"%b$%d\r\n%b\r\n" % (head[1], len(jobs), jobs)
+        return head[1] + _resp(args[-3:])
 
     def _take(self) -> Any:
         if self._forks != _forks:
