@@ -35,6 +35,8 @@ _INCLUDES = {
 #: forward declaration ``local f`` and its later ``f = function(``.
 _DEFINITION = re.compile(r"^(?:local\s+(?:function\s+)?)?([A-Za-z_]\w*)\s*(?:\(|=|$)")
 _NAME = re.compile(r"[A-Za-z_]\w*")
+#: Lua's words that may start a line at column 0 without defining anything.
+_KEYWORDS = {"do", "else", "elseif", "end", "for", "if", "repeat", "return", "until", "while"}
 
 
 def _chunks(lib: str) -> list[tuple[str, str]]:
@@ -44,8 +46,8 @@ def _chunks(lib: str) -> list[tuple[str, str]]:
     chunks: list[tuple[str, str]] = []
     pending: list[str] = []  # comment lines waiting for the definition they describe
     for line in lib.splitlines():
-        match = _DEFINITION.match(line) if line[:1].isalpha() and line != "end" else None
-        if match is not None:
+        match = _DEFINITION.match(line) if line[:1].isalpha() else None
+        if match is not None and match.group(1) not in _KEYWORDS:
             chunks.append((match.group(1), "\n".join([*pending, line])))
             pending = []
         elif chunks and not line.startswith("--"):
