@@ -198,8 +198,9 @@ def test_the_packed_command_is_what_redis_py_would_send() -> None:
     enqueuer = _blocking.BlockingEnqueuer(RedisOptions.parse("redis://127.0.0.1:1/0"))
     reference = Connection()
     for args in (["", "G:", "[]", '[["t",1]]'], ["", "G:", "[]", "[é]"], ["1.5", "G:", "x", "y"]):
-        packed = enqueuer._pack("a" * 40, ["G:queues"], args)
-        assert packed == b"".join(reference.pack_command("EVALSHA", "a" * 40, 1, "G:queues", *args))
+        for command in (("EVALSHA", "a" * 40), ("FCALL", "conveyor_0123_enqueue")):
+            packed = enqueuer._pack(command, ["G:queues"], args)
+            assert packed == b"".join(reference.pack_command(*command, 1, "G:queues", *args))
 
 
 def test_threads_enqueueing_to_different_queues_each_get_their_own(store_url: str) -> None:

@@ -27,6 +27,12 @@ def job(queue: str, tenant: str, task: str, **extra: float) -> NewJob:
     )
 
 
+def script_calls(stats: dict[str, dict[str, int]]) -> int:
+    """Script calls in ``INFO commandstats``: scripts by ``EVALSHA``, or functions."""
+    names = ("evalsha", "fcall", "fcall_ro")
+    return sum(stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in names)
+
+
 async def test_pages_add_up_to_one_unbounded_query(
     store_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -67,7 +73,7 @@ async def test_pages_add_up_to_one_unbounded_query(
         assert len(await backend.query(limit=1000)) == 40
         stats = await admin.info("commandstats")
         await admin.aclose()
-        assert stats["cmdstat_evalsha"]["calls"] == 11  # 40 jobs, 4 per call, then none
+        assert script_calls(stats) == 11  # 40 jobs, 4 per call, then none
     finally:
         await backend.close()
 
@@ -90,7 +96,7 @@ async def test_a_large_query_is_never_one_long_script(
         stats = await admin.info("commandstats")
         # Each call read at most 50 jobs of the one (queue, state) that has any.
         assert stats["cmdstat_hgetall"]["calls"] <= 550
-        assert stats["cmdstat_evalsha"]["calls"] >= 10
+        assert script_calls(stats) >= 10
         await admin.aclose()
     finally:
         await backend.close()

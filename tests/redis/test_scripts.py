@@ -1,5 +1,7 @@
-"""How the Lua scripts are assembled: each gets the ``_lib.lua`` helpers it uses, and
-those only (Redis runs the whole script on every call, definitions included)."""
+"""How the Lua scripts are assembled and loaded: as scripts, each gets the ``_lib.lua``
+helpers it uses, and those only (Redis runs the whole script on every call, definitions
+included); on Redis 7, all are functions of one library, loaded again when the server
+lost it, and a server without functions runs the scripts."""
 
 from __future__ import annotations
 
@@ -8,8 +10,20 @@ from dataclasses import fields
 
 import pytest
 
+import conveyor
 import redis
-from conveyor.backends.redis._scripts import Scripts, _chunks, _needed, _source, script_source
+from conveyor.backends.redis._scripts import (
+    FunctionScript,
+    Library,
+    Scripts,
+    _chunks,
+    _needed,
+    _source,
+    script_source,
+)
+from conveyor.backends.redis.backend import RedisBackend
+from tests.redis.conftest import StartRedis
+from tests.redis.jobs import job
 from tests.services import REDIS_URL, require_service
 
 NAMES = [f.name for f in fields(Scripts)]
@@ -64,3 +78,84 @@ def test_every_script_compiles_and_uses_no_undefined_helper(name: str) -> None:
         assert client.script_load(source)  # compiles (a syntax error would raise)
     finally:
         client.close()
+
+
+def test_the_library_registers_every_script_as_a_function() -> None:
+    require_service("Redis", REDIS_URL)
+    library = Library.build(NAMES)
+    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    try:
+        client.function_load(library.source, replace=True)
+        (listed,) = client.function_list(library=library.name)
+        entry = dict(zip(listed[::2], listed[1::2], strict=True))  # RESP2: flat pairs
+        functions = {}
+        for flat in entry["functions"]:
+            function = dict(zip(flat[::2], flat[1::2], strict=True))
+            functions[function["name"]] = function["flags"]
+        assert set(functions) == {library.function(n) for n in NAMES}
+        assert functions[library.function("stats")] == ["no-writes"]
+        assert functions[library.function("enqueue")] == []
+    finally:
+        client.close()
+    # Another source, another library: versions sharing a server do not collide.
+    assert Library.build(NAMES[:-1]).name != library.name
+
+
+async def test_a_server_that_lost_the_library_gets_it_again(private_redis: StartRedis) -> None:
+    """A restarted server without persistence (here: FUNCTION FLUSH) answers "function
+    not found": the async calls, the worker's claim path and the sync enqueue load the
+    library again and carry on."""
+    server = private_redis([])
+    app = conveyor.App(server.url)
+
+    @app.task(name="t.noop")
+    def noop() -> None: ...
+
+    backend = RedisBackend(server.url)
+    await backend.open()
+    admin = redis.Redis.from_url(server.url)
+    try:
+        assert isinstance(backend._s.enqueue, FunctionScript)
+        noop.enqueue()  # the sync path is open, with its function
+        for _ in range(2):
+            admin.function_flush()
+            noop.enqueue()
+            admin.function_flush()
+            await backend.enqueue([job()])
+            admin.function_flush()
+            _, claimed = await backend.finish_and_claim([], ["default"], 10, worker="w", lease=30)
+            assert claimed
+        admin.function_flush()
+        assert sum(s.running for s in await backend.stats()) == 5  # a read-only function
+    finally:
+        admin.close()
+        await backend.close()
+        app.close()
+
+
+async def test_a_server_without_functions_runs_the_scripts(private_redis: StartRedis) -> None:
+    """Redis 6.2 has no FUNCTION (nor do servers whose ACL denies it): scripts by
+    EVALSHA, on the async and the sync path alike."""
+    server = private_redis(["--rename-command", "FUNCTION", ""])
+    app = conveyor.App(server.url)
+
+    @app.task(name="t.noop")
+    def noop() -> None: ...
+
+    backend = RedisBackend(server.url)
+    await backend.open()
+    admin = redis.Redis.from_url(server.url)
+    try:
+        assert not isinstance(backend._s.enqueue, FunctionScript)
+        handle = noop.enqueue()
+        await backend.enqueue([job()])
+        _, claimed = await backend.finish_and_claim([], ["default"], 10, worker="w", lease=30)
+        assert len(claimed) == 2 and handle.id in {c.id for c in claimed}
+        assert admin.info("commandstats").get("cmdstat_fcall") is None
+        admin.script_flush()  # NOSCRIPT: loaded again
+        noop.enqueue()
+        await backend.enqueue([job()])
+    finally:
+        admin.close()
+        await backend.close()
+        app.close()

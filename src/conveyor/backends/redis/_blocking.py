@@ -23,7 +23,6 @@ import logging
 import os
 import threading
 import time
-from types import SimpleNamespace
 from typing import Any
 
 from redis.backoff import NoBackoff
@@ -35,7 +34,13 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from conveyor.backends.redis._safety import check_server_blocking
-from conveyor.backends.redis._scripts import script_source
+from conveyor.backends.redis._scripts import (
+    Library,
+    Scripts,
+    function_missing,
+    load_refused,
+    script_source,
+)
 from conveyor.backends.redis._spin import ReplySpin
 from conveyor.backends.redis._url import RedisOptions
 
@@ -80,6 +85,30 @@ def _resp(parts: list[Any]) -> bytes:
         data = part if isinstance(part, bytes) else str(part).encode()
         out.append(b"$%d\r\n%b\r\n" % (len(data), data))
     return b"".join(out)
+
+
+class _EnqueueScript:
+    """enqueue.lua as this server runs it: a function of the library where the server
+    has functions (see ``_scripts.py``), else a script by ``EVALSHA``."""
+
+    def __init__(self) -> None:
+        self.library = Library.build(Scripts.names())
+        self.command = ("FCALL", self.library.function("enqueue"))
+
+    def load(self, conn: Any) -> None:
+        """(Re)load it over ``conn``, choosing the form on first use."""
+        if self.command[0] == "FCALL":
+            try:
+                _command(conn, "FUNCTION", "LOAD", self.library.source)
+                return
+            except ResponseError as exc:
+                if not load_refused(exc):
+                    return
+        self.command = ("EVALSHA", _command(conn, "SCRIPT", "LOAD", script_source("enqueue")))
+
+    def lost(self, exc: ResponseError) -> bool:
+        """Did the server answer that it does not have it (restarted, or flushed)?"""
+        return isinstance(exc, NoScriptError) or function_missing(exc)
 
 
 class BlockingEnqueuer:
@@ -134,8 +163,8 @@ class BlockingEnqueuer:
                     )
                     # Loaded now: the first enqueue is one round trip, not three
                     # (EVALSHA answered NOSCRIPT, SCRIPT LOAD, EVALSHA again).
-                    script = SimpleNamespace(source=script_source("enqueue"), sha="")
-                    script.sha = _command(conn, "SCRIPT", "LOAD", script.source)
+                    script = _EnqueueScript()
+                    script.load(conn)
                 except BaseException:
                     conn.disconnect()
                     self._client = None
@@ -146,23 +175,28 @@ class BlockingEnqueuer:
             return self._script
 
     def run(self, keys: list[str], args: list[Any], *, single: bool = False) -> list[str]:
-        """EVALSHA the enqueue script; ``single``: the call carries one job, so its
-        reply is awaited by polling first (see ``_spin.py``)."""
+        """Run the enqueue script; ``single``: the call carries one job, so its reply is
+        awaited by polling first (see ``_spin.py``)."""
         script = self._script or self._open()
         try:
-            return self._evalsha(script.sha, keys, args, single)
-        except NoScriptError:  # a restarted or flushed server: load it, then once more
-            conn = self._take()
-            try:
-                script.sha = _command(conn, "SCRIPT", "LOAD", script.source)
-            except BaseException:
-                conn.disconnect()
+            return self._run(script.command, keys, args, single)
+        except ResponseError as exc:
+            if not script.lost(exc):
                 raise
-            self._idle.append((conn, time.monotonic()))
-            return self._evalsha(script.sha, keys, args, single)
+        # A restarted or flushed server: load the script again, then once more.
+        conn = self._take()
+        try:
+            script.load(conn)
+        except BaseException:
+            conn.disconnect()
+            raise
+        self._idle.append((conn, time.monotonic()))
+        return self._run(script.command, keys, args, single)
 
-    def _evalsha(self, sha: str, keys: list[str], args: list[Any], single: bool) -> list[str]:
-        packed = self._pack(sha, keys, args)
+    def _run(
+        self, command: tuple[str, str], keys: list[str], args: list[Any], single: bool
+    ) -> list[str]:
+        packed = self._pack(command, keys, args)
         try:
             return self._call(packed, single)
         except (RedisConnectionError, RedisTimeoutError) as exc:
@@ -197,15 +231,16 @@ class BlockingEnqueuer:
         self._idle.append((conn, time.monotonic()))
         return reply
 
-    def _pack(self, sha: str, keys: list[str], args: list[str]) -> bytes:
-        """``EVALSHA sha len(keys) *keys *args``, packed; only the last three arguments
-        (one job's id and arguments, or a batch's store, queues and jobs) are packed per
-        call, the rest when it changes (a single enqueue's task and options)."""
-        fixed = (sha, *keys, *args[:-3])
+    def _pack(self, command: tuple[str, str], keys: list[str], args: list[str]) -> bytes:
+        """``EVALSHA sha`` (or ``FCALL function``) ``len(keys) *keys *args``, packed;
+        only the last three arguments (one job's id and arguments, or a batch's store,
+        queues and jobs) are packed per call, the rest when it changes (a single
+        enqueue's task and options)."""
+        fixed = (*command, *keys, *args[:-3])
         head = self._head  # read once: another thread may replace it meanwhile
         if fixed != head[0]:
             count = 3 + len(keys) + len(args)
-            parts = ["EVALSHA", sha, len(keys), *keys, *args[:-3]]
+            parts = [*command, len(keys), *keys, *args[:-3]]
             head = self._head = (fixed, b"*%d\r\n%b" % (count, _resp(parts)))
         return head[1] + _resp(args[-3:])
 

@@ -62,7 +62,7 @@ from conveyor.backends.redis._records import (
     stats_from_reply,
 )
 from conveyor.backends.redis._safety import check_server
-from conveyor.backends.redis._scripts import Scripts
+from conveyor.backends.redis._scripts import FunctionScript, Scripts, function_missing
 from conveyor.backends.redis._url import Keys, RedisOptions
 from conveyor.backends.redis._wakeup import WakeListener
 from conveyor.errors import InvalidTransition
@@ -232,8 +232,13 @@ class RedisBackend(Backend):
         except BaseException:
             await client.aclose()
             raise
+        try:
+            scripts = await Scripts.load(client, cluster=self.options.cluster)
+        except BaseException:
+            await client.aclose()
+            raise
         self._client = client
-        self._scripts = Scripts.register(client)
+        self._scripts = scripts
         self._wake = WakeListener(client)
 
     async def close(self) -> None:
@@ -446,12 +451,18 @@ class RedisBackend(Backend):
             if self._hot is None:
                 self._hot = await self._client.connection_pool.get_connection()
             conn = self._hot
-            await conn.send_packed_command(
-                _pack_command(["EVALSHA", script.sha, 1, self.keys.route, *args])
+            head = (
+                ["FCALL", script.function]
+                if isinstance(script, FunctionScript)
+                else ["EVALSHA", script.sha]
             )
+            await conn.send_packed_command(_pack_command([*head, 1, self.keys.route, *args]))
             return await conn.read_response()
         except rexc.NoScriptError:
             pass  # loaded again below
+        except rexc.ResponseError as exc:
+            if not function_missing(exc):
+                raise
         finally:
             self._hot_busy = False
         return await script(keys=[self.keys.route], args=args)
