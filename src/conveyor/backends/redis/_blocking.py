@@ -118,13 +118,13 @@ class BlockingEnqueuer:
         self._options = options
         self._lock = threading.Lock()
         self._client: Any = None
-        self._script: Any = None
+        self._script: _EnqueueScript | None = None
         #: Idle connections of this process, most recently used last. Not redis-py's
         #: pool: its bookkeeping per borrow (a lock, a readiness poll of the socket,
         #: metrics hooks) cost as much client time as the rest of a single enqueue.
         self._idle: list[tuple[Any, float]] = []
         self._forks = _forks
-        #: The packed start of the last EVALSHA (everything but the jobs argument), with
+        #: The packed start of the last call (all but its last three arguments), with
         #: what it was packed from: a producer's calls differ only in their jobs.
         self._head: tuple[tuple[Any, ...], bytes] = ((), b"")
         self._spin = ReplySpin(options.spin)

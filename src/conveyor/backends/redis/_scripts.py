@@ -26,7 +26,7 @@ from dataclasses import dataclass, fields
 from importlib import resources
 from typing import Any, Protocol
 
-from redis.exceptions import ResponseError
+from redis.exceptions import OutOfMemoryError, ResponseError
 
 _PACKAGE = "conveyor.backends.redis"
 
@@ -149,12 +149,13 @@ def function_missing(exc: ResponseError) -> bool:
 
 def load_refused(exc: ResponseError) -> bool:
     """The server's refusal of ``FUNCTION LOAD``: False if it has the library already
-    (the same digest: the same source), True where it cannot run functions (before
-    7.0, or an ACL denies ``FUNCTION``: scripts then); other errors are raised."""
+    (the same digest: the same source), True where it cannot load it (before 7.0, an
+    ACL that denies ``FUNCTION``, or a server out of memory, which refuses every write
+    command: scripts then, so that what only reads still works); others are raised."""
     text = str(exc).lower()
     if "already exists" in text:
         return False
-    if "unknown command" in text or "noperm" in text:
+    if "unknown command" in text or "noperm" in text or isinstance(exc, OutOfMemoryError):
         return True
     raise exc
 

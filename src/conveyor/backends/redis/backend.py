@@ -442,8 +442,8 @@ class RedisBackend(Backend):
         jobs of a refill themselves. The command is packed here and sent on the kept
         connection; errors and cancellation behave as on any redis-py connection (it is
         dropped, and connects again on next use; no command is retried). Cluster
-        clients, a script the server lost (NOSCRIPT), and calls that overlap take the
-        general path."""
+        clients, a script or function the server lost (after a restart), and calls that
+        overlap take the general path."""
         if self.options.cluster or self._hot_busy:
             return await script(keys=[self.keys.route], args=args)
         self._hot_busy = True
