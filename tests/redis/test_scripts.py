@@ -5,8 +5,11 @@ lost it, and a server without functions runs the scripts."""
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import AsyncIterator
 from dataclasses import fields
+from typing import Any
 
 import pytest
 
@@ -101,25 +104,35 @@ def test_the_library_registers_every_script_as_a_function() -> None:
     assert Library.build(NAMES[:-1]).name != library.name
 
 
-async def test_a_server_that_lost_the_library_gets_it_again(private_redis: StartRedis) -> None:
-    """A restarted server without persistence (here: FUNCTION FLUSH) answers "function
-    not found": the async calls, the worker's claim path and the sync enqueue load the
-    library again and carry on."""
-    server = private_redis([])
-    app = conveyor.App(server.url)
+@contextlib.asynccontextmanager
+async def clients(url: str) -> AsyncIterator[tuple[Any, RedisBackend, redis.Redis]]:
+    """(a sync enqueue of a no-op task, an open backend, an admin client) on ``url``."""
+    app = conveyor.App(url)
 
     @app.task(name="t.noop")
     def noop() -> None: ...
 
-    backend = RedisBackend(server.url)
+    backend = RedisBackend(url)
     await backend.open()
-    admin = redis.Redis.from_url(server.url)
+    admin = redis.Redis.from_url(url)
     try:
+        yield noop.enqueue, backend, admin
+    finally:
+        admin.close()
+        await backend.close()
+        app.close()
+
+
+async def test_a_server_that_lost_the_library_gets_it_again(private_redis: StartRedis) -> None:
+    """A restarted server without persistence (here: FUNCTION FLUSH) answers "function
+    not found": the async calls, the worker's claim path and the sync enqueue load the
+    library again and carry on."""
+    async with clients(private_redis([]).url) as (enqueue, backend, admin):
         assert isinstance(backend._s.enqueue, FunctionScript)
-        noop.enqueue()  # the sync path is open, with its function
+        enqueue()  # the sync path is open, with its function
         for _ in range(2):
             admin.function_flush()
-            noop.enqueue()
+            enqueue()
             admin.function_flush()
             await backend.enqueue([job()])
             admin.function_flush()
@@ -127,35 +140,19 @@ async def test_a_server_that_lost_the_library_gets_it_again(private_redis: Start
             assert claimed
         admin.function_flush()
         assert sum(s.running for s in await backend.stats()) == 5  # a read-only function
-    finally:
-        admin.close()
-        await backend.close()
-        app.close()
 
 
 async def test_a_server_without_functions_runs_the_scripts(private_redis: StartRedis) -> None:
     """Redis 6.2 has no FUNCTION (nor do servers whose ACL denies it): scripts by
     EVALSHA, on the async and the sync path alike."""
     server = private_redis(["--rename-command", "FUNCTION", ""])
-    app = conveyor.App(server.url)
-
-    @app.task(name="t.noop")
-    def noop() -> None: ...
-
-    backend = RedisBackend(server.url)
-    await backend.open()
-    admin = redis.Redis.from_url(server.url)
-    try:
+    async with clients(server.url) as (enqueue, backend, admin):
         assert not isinstance(backend._s.enqueue, FunctionScript)
-        handle = noop.enqueue()
+        handle = enqueue()
         await backend.enqueue([job()])
         _, claimed = await backend.finish_and_claim([], ["default"], 10, worker="w", lease=30)
         assert len(claimed) == 2 and handle.id in {c.id for c in claimed}
         assert admin.info("commandstats").get("cmdstat_fcall") is None
         admin.script_flush()  # NOSCRIPT: loaded again
-        noop.enqueue()
+        enqueue()
         await backend.enqueue([job()])
-    finally:
-        admin.close()
-        await backend.close()
-        app.close()
