@@ -254,6 +254,36 @@ async def test_jobs_that_exist_already_are_not_written_again(backend: RedisBacke
     assert row.scheduled == 1  # counted once
 
 
+async def test_a_long_run_sent_again_writes_only_its_missing_jobs(backend: RedisBackend) -> None:
+    """A run of four or more jobs is written from a template hash (COPY), which refuses
+    a job that exists: the same guarantees as above on that path, and no template left."""
+    run = [job("a") for _ in range(5)]
+    assert await backend.enqueue(run[:3]) == [j.id for j in run[:3]]
+    claimed = await backend.claim(["default"], 2, worker="w", lease=30.0)
+    assert {c.id for c in claimed} == {run[0].id, run[1].id}
+    again = [*run, run[4], run[3]]  # sent again, two of them twice
+    assert await backend.enqueue(again) == [j.id for j in again]
+    states = [(await backend.get(j.id)).state for j in run]
+    assert states == [JobState.RUNNING] * 2 + [JobState.QUEUED] * 3
+    (row,) = await backend.stats()
+    assert (row.queued, row.running) == (3, 2)
+    assert len(await backend.claim(["default"], 10, worker="w", lease=30.0)) == 3
+    assert not await backend._client.exists(backend.keys.store + "enqueue:template")
+
+
+async def test_a_template_left_by_a_failed_call_is_not_reused(backend: RedisBackend) -> None:
+    """A script that fails half-way cannot roll back: were a run's template hash left
+    behind, the next run must not inherit its fields."""
+    template = backend.keys.store + "enqueue:template"
+    await backend._client.hset(template, mapping={"timeout": "99", "key": "stale"})
+    run = [job("a") for _ in range(4)]
+    await backend.enqueue(run)
+    for j in run:
+        stored = await backend._client.hgetall(backend.keys.job(j.id))
+        assert "timeout" not in stored and "key" not in stored
+    assert not await backend._client.exists(template)
+
+
 async def test_a_job_alone_is_stored_as_the_same_job_in_a_batch(store_url: str) -> None:
     """One job goes as plain arguments, a batch as JSON: with every option set, both
     forms store the same fields (but the id and the arguments)."""
@@ -281,6 +311,7 @@ async def test_a_job_alone_is_stored_as_the_same_job_in_a_batch(store_url: str) 
         assert len(backend._enqueue_args([alone])) > 4  # not the JSON form
         await backend.enqueue([alone])
         await backend.enqueue([one(2), one(3)])
+        await backend.enqueue([one(n) for n in range(10, 14)])  # a run long enough for a template
         for keyed in ({"key": "k1", "unique_for": 90.0}, {"key": "k2"}):
             await backend.enqueue([one(4, **keyed)])
             await backend.enqueue([one(5, **keyed), one(6)])
@@ -291,7 +322,7 @@ async def test_a_job_alone_is_stored_as_the_same_job_in_a_batch(store_url: str) 
             timed = ("enqueued_at", "run_at")  # now, and now + delay
             return {k: v for k, v in fields.items() if k not in ("id", "args", *timed)}
 
-        assert stored(1) == stored(2) and stored(1)["state"] == "blocked"
+        assert stored(1) == stored(2) == stored(13) and stored(1)["state"] == "blocked"
         assert stored(1)["tenant"] == "org é" and stored(1)["timeout"] == "7.5"
         assert stored(4)["key"] == "k1"
         # The same dedup key again: the holder's id takes the new job's place.

@@ -11,6 +11,8 @@
 --   G..'lock:'..name       hash   owner, expires_at
 --   G..'outbox'            stream events the store produced itself: entries {e = event
 --                                 name, id = job id} (see outbox() below)
+--   G..'enqueue:template'  hash   exists only inside an enqueue.lua call: the shared
+--                                 fields of a run of jobs, copied into each job's hash
 --   QP..'meta'             hash   vclock (fair-share clock), aging (seconds per level)
 --   QP..'p:'..prio         zset   tenants with a ready job at prio, scored by vtime
 --   QP..'t1:'..prio         hash  tenant -> its one task with ready jobs at prio, for a
