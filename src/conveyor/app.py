@@ -12,7 +12,7 @@ import atexit
 import math
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from types import SimpleNamespace
 from typing import Any, ParamSpec, TypeVar, overload
@@ -288,7 +288,9 @@ class App(WorkflowMixin, ExternalMixin):
         encode = batch_encoder()
         for call, job_id in zip(items, new_job_ids(len(items)), strict=True):
             if type(call) is dict and call.keys() <= _PLAIN_ITEM and "task" in call:
-                args = _args(call.get("args", ()))
+                args = call.get("args", ())
+                if type(args) is not list:  # a list is encoded as it is: no tuple copy
+                    args = _args(args)
                 rows.append(plain(call["task"], args, call.get("kwargs"), job_id, encode))
             else:
                 rows.append(self._new_job(_as_signature(call), job_id, encode))
@@ -412,7 +414,7 @@ class App(WorkflowMixin, ExternalMixin):
     def _plain_call(
         self,
         name: str,
-        args: tuple[Any, ...],
+        args: Sequence[Any],  # a tuple, or a batch item's own list
         kwargs: Mapping[str, Any] | None,
         job_id: str | None = None,
         encode: Callable[[Any], str] | None = None,
@@ -460,17 +462,22 @@ class App(WorkflowMixin, ExternalMixin):
             max_payload=self.defaults.max_payload,
             encode=encode,
         )
+        # Positional: keywords cost NewJob's __init__ 0.3 µs more per job (a third of a
+        # batch job's time in here). The order is NewJob's, fields id to result_ttl
+        # (test_plain_call_builds_the_same_row_as_the_general_path).
         return NewJob(
-            id=job_id or new_job_id(),
-            task=name,
-            queue=queue,
-            tenant=None,
-            priority=priority,
-            args_json=args_json,
-            kwargs_json=kwargs_json,
-            max_attempts=max_attempts,
-            timeout=timeout,
-            result_ttl=result_ttl,
+            job_id or new_job_id(),
+            name,
+            queue,
+            None,  # tenant
+            priority,
+            args_json,
+            kwargs_json,
+            max_attempts,
+            None,  # delay
+            None,  # run_at
+            timeout,
+            result_ttl,
         )
 
     # -- operators ---------------------------------------------------------------------

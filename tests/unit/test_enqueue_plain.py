@@ -139,3 +139,16 @@ def test_the_batch_encoder_writes_what_the_single_call_encoder_writes() -> None:
     encode = serialize.batch_encoder()
     for value in [["é\u2028", 1.5, -0.0, 10**30, None, True], {"a": [{"b": '"\\'}]}, []]:
         assert encode(value) == serialize.dumps(value)
+
+
+def test_plain_call_builds_the_same_row_as_the_general_path(app: Captured) -> None:
+    """The plain path builds its NewJob positionally (cheaper than by keyword): every
+    field must land where the general path, which names them, puts it."""
+
+    @app.task(name="t", queue="q1", max_attempts=2, timeout=9.5, priority=1)
+    def t(x: int, y: int = 0) -> None: ...
+
+    t.enqueue(1, y=2)
+    t.options(priority=1).enqueue(1, y=2)  # an option (the default's value): the general path
+    plain, general = app.inserted
+    assert dataclasses.replace(plain, id=general.id) == general

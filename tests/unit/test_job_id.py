@@ -50,6 +50,9 @@ def test_ids_drawn_in_bulk_are_uuid7_increasing_and_follow_on_from_single_ones()
     assert {u.version for u in parsed} == {7}
     assert {u.variant for u in parsed} == {uuid.RFC_4122}
     assert all(str(u) == i for u, i in zip(parsed, ids, strict=True))
+    # The variant digit carries two random bits, and the random tails never repeat.
+    assert {i[19] for i in ids} == set("89ab")
+    assert len({i[19:] for i in ids}) == len(ids)
 
 
 def test_a_millisecond_used_up_borrows_the_next_one() -> None:
