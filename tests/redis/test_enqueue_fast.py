@@ -299,10 +299,11 @@ async def test_a_job_alone_is_stored_as_the_same_job_in_a_batch(store_url: str) 
         "after": (parent.id,),
         "after_policy": "always",
     }
-    shared = {"task": "t.b", "queue": "q", "max_attempts": 4, "kwargs_json": '{"k": "ü"}'}
+    shared = {"task": "t.b", "queue": "q", "max_attempts": 4}
 
     def one(n: int, **more: object) -> NewJob:
-        return NewJob(id=f"id{n}", args_json=f"[{n}]", **shared, **options, **more)  # type: ignore[arg-type]
+        fields = {"kwargs_json": '{"k": "ü"}', **shared, **options, **more}
+        return NewJob(id=f"id{n}", args_json=f"[{n}]", **fields)  # type: ignore[arg-type]
 
     client = Redis.from_url(store_url.partition("?")[0], decode_responses=True)
     try:
@@ -312,6 +313,9 @@ async def test_a_job_alone_is_stored_as_the_same_job_in_a_batch(store_url: str) 
         await backend.enqueue([alone])
         await backend.enqueue([one(2), one(3)])
         await backend.enqueue([one(n) for n in range(10, 14)])  # a run long enough for a template
+        plain = [one(n, kwargs_json="{}") for n in range(20, 25)]  # the template's own kwargs
+        await backend.enqueue([one(30, kwargs_json="{}")])  # alone: every field written
+        await backend.enqueue(plain)
         for keyed in ({"key": "k1", "unique_for": 90.0}, {"key": "k2"}):
             await backend.enqueue([one(4, **keyed)])
             await backend.enqueue([one(5, **keyed), one(6)])
@@ -323,6 +327,7 @@ async def test_a_job_alone_is_stored_as_the_same_job_in_a_batch(store_url: str) 
             return {k: v for k, v in fields.items() if k not in ("id", "args", *timed)}
 
         assert stored(1) == stored(2) == stored(13) and stored(1)["state"] == "blocked"
+        assert stored(30) == stored(24) and stored(24)["kwargs"] == "{}"
         assert stored(1)["tenant"] == "org é" and stored(1)["timeout"] == "7.5"
         assert stored(4)["key"] == "k1"
         # The same dedup key again: the holder's id takes the new job's place.
