@@ -29,9 +29,14 @@ from conveyor.ratelimit import RateLimit
 from conveyor.retry import Backoff
 from conveyor.sandbox import Sandbox
 from conveyor.scheduler import Schedule
-from conveyor.serialize import DEFAULT_MAX_PAYLOAD, batch_encoder, encode_arguments
+from conveyor.serialize import (
+    DEFAULT_MAX_PAYLOAD,
+    batch_encoder,
+    encode_arguments,
+    quick_args_json,
+)
 from conveyor.task import NO_OPTIONS, EnqueueOptions, Signature, Task
-from conveyor.workflow import check_after, check_unique_for, check_user_args
+from conveyor.workflow import PLAIN_VALUES, check_after, check_unique_for, check_user_args
 from conveyor.workflow_app import WorkflowMixin
 
 P = ParamSpec("P")
@@ -281,17 +286,44 @@ class App(WorkflowMixin, ExternalMixin):
     def _batch_jobs(self, calls: Iterable[Signature | Mapping[str, Any]]) -> list[NewJob]:
         """``enqueue_many``'s items as rows, their ids drawn in one go (in item order, so
         the batch runs FIFO); a plain ``{"task", "args", "kwargs"}`` mapping goes straight
-        to ``_plain_call`` (no copy, no ``Signature``)."""
+        to ``_plain_call`` (no copy, no ``Signature``).
+
+        The commonest item, ``{"task": name, "args": [...]}`` of a task met before in the
+        batch, is encoded here without a call per check (``quick_args_json``): 0.55 µs
+        less per job, a tenth of an ``enqueue_many`` on Redis. Whatever that path does not
+        take as it is (keyword arguments, a first argument that is not a plain value,
+        arguments that are not JSON, too deep or perhaps too large) goes through
+        ``_plain_call``, which stores it or raises the error.
+        """
         items = calls if type(calls) is list else list(calls)
         rows = []
         plain = self._plain_call
         encode = batch_encoder()
+        seen: dict[str, tuple[Any, ...]] = {}  # task name -> its _plain_defaults
+        # Characters that fit at 4 UTF-8 bytes each, with "{}" for the keyword arguments: the
+        # size encode_arguments accepts without measuring the UTF-8.
+        fits = self.defaults.max_payload // 4 - len("{}")
         for call, job_id in zip(items, new_job_ids(len(items)), strict=True):
             if type(call) is dict and call.keys() <= _PLAIN_ITEM and "task" in call:
+                name = call["task"]
                 args = call.get("args", ())
+                kwargs = call.get("kwargs")
+                defaults = seen.get(name) if type(name) is str else None
+                if (
+                    defaults is not None
+                    and type(args) is list
+                    and (kwargs is None or (type(kwargs) is dict and not kwargs))
+                    and (not args or type(args[0]) in PLAIN_VALUES)  # see check_user_args
+                ):
+                    args_json = quick_args_json(args, encode, fits)
+                    if args_json is not None:
+                        rows.append(_plain_row(job_id, name, defaults, args_json, "{}"))
+                        continue
                 if type(args) is not list:  # a list is encoded as it is: no tuple copy
                     args = _args(args)
-                rows.append(plain(call["task"], args, call.get("kwargs"), job_id, encode))
+                rows.append(plain(name, args, kwargs, job_id, encode))
+                if defaults is None:
+                    seen[name] = self._plain_defaults(name)
             else:
                 rows.append(self._new_job(_as_signature(call), job_id, encode))
         return rows
@@ -423,17 +455,32 @@ class App(WorkflowMixin, ExternalMixin):
         ``app.enqueue("name", ...)``, a plain ``task.s(...)`` or mapping in a batch).
 
         The same checks and results as the general path, with the defaults validated
-        once (kept in ``holder._plain``: the task, or ``self._by_name`` for a task this
-        process does not import) instead of once per call, and no ``Signature`` built
+        once (``_plain_defaults``) instead of once per call, and no ``Signature`` built
         for the call: half the client time of a single enqueue.
         """
+        plain = self._plain_defaults(name)
+        if args:
+            check_user_args(args)
+        args_json, kwargs_json = encode_arguments(
+            args,
+            {} if kwargs is None else kwargs if type(kwargs) is dict else dict(kwargs),
+            max_payload=self.defaults.max_payload,
+            encode=encode,
+        )
+        return _plain_row(job_id or new_job_id(), name, plain, args_json, kwargs_json)
+
+    def _plain_defaults(self, name: str) -> tuple[Any, ...]:
+        """The checked defaults of a call of ``name`` without options: (the app's
+        defaults they were taken from, queue, priority, max_attempts, timeout,
+        result_ttl). Kept in ``holder._plain`` (the task, or ``self._by_name`` for a task
+        this process does not import) until the app's defaults change."""
         task = self.tasks.get(name)
         holder: Any = task
         if task is None:
             # A task this process does not import (enqueue by name): the app's defaults.
             _check_name(name, "task name")
             holder = self._by_name
-        plain = holder._plain
+        plain: tuple[Any, ...] | None = holder._plain
         if plain is None or plain[0] is not self.defaults:
             d = self.defaults
             priority = _first(task and task.priority, d.priority)
@@ -453,32 +500,7 @@ class App(WorkflowMixin, ExternalMixin):
                 _first(task and task.result_ttl, d.result_ttl),
             )
             holder._plain = plain
-        _, queue, priority, max_attempts, timeout, result_ttl = plain
-        if args:
-            check_user_args(args)
-        args_json, kwargs_json = encode_arguments(
-            args,
-            {} if kwargs is None else kwargs if type(kwargs) is dict else dict(kwargs),
-            max_payload=self.defaults.max_payload,
-            encode=encode,
-        )
-        # Positional: keywords cost NewJob's __init__ 0.3 µs more per job (a third of a
-        # batch job's time in here). The order is NewJob's, fields id to result_ttl
-        # (test_plain_call_builds_the_same_row_as_the_general_path).
-        return NewJob(
-            job_id or new_job_id(),
-            name,
-            queue,
-            None,  # tenant
-            priority,
-            args_json,
-            kwargs_json,
-            max_attempts,
-            None,  # delay
-            None,  # run_at
-            timeout,
-            result_ttl,
-        )
+        return plain
 
     # -- operators ---------------------------------------------------------------------
     def job(self, job_id: str) -> JobHandle:
@@ -649,6 +671,31 @@ def _signature(
 
 #: The keys of an ``enqueue_many`` mapping that sets no option.
 _PLAIN_ITEM = frozenset({"task", "args", "kwargs"})
+
+
+def _plain_row(
+    job_id: str, name: str, plain: tuple[Any, ...], args_json: str, kwargs_json: str
+) -> NewJob:
+    """The row of a call without options, from its ``_plain_defaults``. Positional:
+    keywords cost NewJob's __init__ 0.3 µs more per job (a sixth of a batch job's client
+    time). The order is NewJob's, fields id to result_ttl
+    (test_plain_call_builds_the_same_row_as_the_general_path)."""
+    _, queue, priority, max_attempts, timeout, result_ttl = plain
+    return NewJob(
+        job_id,
+        name,
+        queue,
+        None,  # tenant
+        priority,
+        args_json,
+        kwargs_json,
+        max_attempts,
+        None,  # delay
+        None,  # run_at
+        timeout,
+        result_ttl,
+    )
+
 
 #: The names ``App.enqueue`` takes as options (``EnqueueOptions`` fields).
 _OPTION_NAMES = frozenset(EnqueueOptions.__dataclass_fields__)

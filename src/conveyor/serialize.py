@@ -70,17 +70,52 @@ def batch_encoder() -> Callable[[Any], str]:
     ``JSONEncoder.encode`` builds a C encoder on every call, which is most of its cost
     for small arguments; this one is built once per batch. It is used by one thread, for
     one batch, then dropped, so its table of containers being encoded (the check for
-    circular references) is never shared.
+    circular references) is never shared. A value it cannot encode leaves that table
+    holding the containers it was inside; it is emptied then, so that encoding them
+    again reports what is wrong with them, not a "circular reference".
     """
     make = getattr(_json_encoder, "c_make_encoder", None)  # not in typeshed
     if make is None:  # an interpreter without json's C accelerator
         return _encoder.encode
+    markers: dict[int, Any] = {}
     # The arguments JSONEncoder.iterencode passes for _encoder's settings (compact,
     # ensure_ascii=False, allow_nan=False).
-    encode = make(
-        {}, _encoder.default, _json_encoder.encode_basestring, None, ":", ",", False, False, False
+    chunks = make(
+        markers,
+        _encoder.default,
+        _json_encoder.encode_basestring,
+        None,
+        ":",
+        ",",
+        False,
+        False,
+        False,
     )
-    return lambda value: "".join(encode(value, 0))
+
+    def encode(value: Any) -> str:
+        try:
+            return "".join(chunks(value, 0))
+        except BaseException:
+            markers.clear()
+            raise
+
+    return encode
+
+
+def quick_args_json(args: list[Any], encode: Callable[[Any], str], fits: int) -> str | None:
+    """``args`` as ``encode_arguments`` encodes them, or None where that would refuse them
+    or must look closer: not JSON, nested too deep, or over ``fits`` characters (a size
+    only the UTF-8 length settles). For ``enqueue_many``'s commonest item; the caller
+    sends a None through ``encode_arguments``, which raises the specific error."""
+    if not args:
+        return "[]"
+    try:
+        text = encode(args)
+    except (TypeError, ValueError, RecursionError):
+        return None
+    if len(text) > fits or (len(text) > MAX_DEPTH and too_deep(text)):
+        return None
+    return text
 
 
 def dumps(

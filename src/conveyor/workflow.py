@@ -76,13 +76,14 @@ def check_after(after: Any, policy: Any) -> tuple[tuple[str, ...], str]:
     return tuple(dict.fromkeys(ids)), policy
 
 
-#: Types of a first argument that cannot be a marker.
-_PLAIN = frozenset({str, int, float, bool, list, tuple, type(None)})
+#: Types of a first argument that cannot be a marker (a marker is a mapping).
+PLAIN_VALUES = frozenset({str, int, float, bool, list, tuple, type(None)})
 
 
 def check_user_args(args: Sequence[Any]) -> None:
-    # type(...) in _PLAIN first: the Mapping check is an ABC's, slow on a hot path.
-    if args and type(args[0]) not in _PLAIN and isinstance(args[0], Mapping) and MARKER in args[0]:
+    # type(...) in PLAIN_VALUES first: the Mapping check is an ABC's, slow on a hot path.
+    first = args[0] if args else None
+    if type(first) not in PLAIN_VALUES and isinstance(first, Mapping) and MARKER in first:
         raise ValueError(f"a first argument with the key {MARKER!r} is reserved for Conveyor")
 
 

@@ -7,12 +7,15 @@ import dataclasses
 from typing import Any
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 import conveyor
 from conveyor import app as app_module
 from conveyor import serialize
 from conveyor.backends.base import NewJob
 from conveyor.serialize import PayloadTooLarge
+from conveyor.workflow import MARKER
 
 
 class Captured(conveyor.App):
@@ -152,3 +155,63 @@ def test_plain_call_builds_the_same_row_as_the_general_path(app: Captured) -> No
     t.options(priority=1).enqueue(1, y=2)  # an option (the default's value): the general path
     plain, general = app.inserted
     assert dataclasses.replace(plain, id=general.id) == general
+
+
+_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner),
+    max_leaves=6,
+)
+_ODD = st.sampled_from([{MARKER: "results"}, {1: "key"}, b"bytes", object(), 2**80, [b"x"]])
+_ITEMS = st.fixed_dictionaries(
+    {"task": st.sampled_from(["t", "t", "t", "elsewhere", "", 5])},
+    optional={
+        "args": st.lists(_ODD | _VALUES, max_size=3) | st.tuples(_VALUES) | st.just("ab"),
+        "kwargs": st.none() | st.just({}) | st.dictionaries(st.text(max_size=3), _VALUES),
+    },
+)
+
+
+def _outcome(build: Any) -> Any:
+    try:
+        return [dataclasses.replace(row, id="") for row in build()]
+    except (TypeError, ValueError) as exc:
+        return (type(exc), str(exc))
+
+
+def _deep(levels: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+@settings(max_examples=300, deadline=None)
+@given(items=st.lists(_ITEMS, max_size=6), max_payload=st.sampled_from([40, 1024 * 1024]))
+# Each way off the quick path, after an item of the same task that took the checked one.
+@example(items=[{"task": "t"}, {"task": "t", "args": [{MARKER: "results"}]}], max_payload=999)
+@example(items=[{"task": "t"}, {"task": "t", "args": [[b"x"]]}], max_payload=999)
+@example(items=[{"task": "t"}, {"task": "t", "kwargs": {"a": 1}}], max_payload=999)
+@example(items=[{"task": "t"}, {"task": "t", "args": _deep(300)}], max_payload=9999)
+@example(items=[{"task": "t"}, {"task": "t", "args": ["x" * 30]}], max_payload=99)  # fits
+@example(items=[{"task": "t"}, {"task": "t", "args": ["x" * 120]}], max_payload=99)  # not
+def test_a_batchs_quick_path_stores_and_refuses_what_the_checked_path_does(
+    items: list[dict[str, Any]], max_payload: int
+) -> None:
+    """enqueue_many encodes the commonest item (a list of plain arguments, no keyword
+    arguments, of a task met before in the batch) without its checks one by one: the
+    rows, and the error for a bad item, must be those of the checked path, item by item."""
+    app = Captured(max_payload=max_payload)
+
+    @app.task(name="t", queue="q1", max_attempts=2, timeout=9.5, priority=1)
+    def t(*args: Any, **kwargs: Any) -> None: ...
+
+    def checked() -> list[NewJob]:
+        return [
+            app._plain_call(
+                item["task"], app_module._args(item.get("args", ())), item.get("kwargs")
+            )
+            for item in items
+        ]
+
+    assert _outcome(lambda: app._batch_jobs(items)) == _outcome(checked)
