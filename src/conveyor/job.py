@@ -180,7 +180,7 @@ def new_job_ids(count: int, now: float | None = None) -> list[str]:
     """``count`` ids as ``new_job_id`` makes them, in increasing order, for a fraction of
     the cost per id: one clock read and one lock for the lot, the millisecond's part of
     the text formatted once, and the random bits of all drawn as one hex string
-    (``enqueue_many``: 0.38 instead of 0.68 µs per id)."""
+    (``enqueue_many``: 0.45 instead of 0.68 µs per id)."""
     if count <= 0:
         return []
     ms, seq = _reserve(count, now)

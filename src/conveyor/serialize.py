@@ -102,7 +102,9 @@ def batch_encoder() -> Callable[[Any], str]:
     return encode
 
 
-def quick_args_json(args: list[Any], encode: Callable[[Any], str], fits: int) -> str | None:
+def quick_args_json(
+    args: list[Any] | tuple[Any, ...], encode: Callable[[Any], str], fits: int
+) -> str | None:
     """``args`` as ``encode_arguments`` encodes them, or None where that would refuse them
     or must look closer: not JSON, nested too deep, or over ``fits`` characters (a size
     only the UTF-8 length settles). For ``enqueue_many``'s commonest item; the caller

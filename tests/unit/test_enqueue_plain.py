@@ -190,6 +190,7 @@ def _deep(levels: int) -> list[Any]:
 @given(items=st.lists(_ITEMS, max_size=6), max_payload=st.sampled_from([40, 1024 * 1024]))
 # Each way off the quick path, after an item of the same task that took the checked one.
 @example(items=[{"task": "t"}, {"task": "t", "args": [{MARKER: "results"}]}], max_payload=999)
+@example(items=[{"task": "t"}, {"task": "t", "args": ({MARKER: "results"},)}], max_payload=999)
 @example(items=[{"task": "t"}, {"task": "t", "args": [[b"x"]]}], max_payload=999)
 @example(items=[{"task": "t"}, {"task": "t", "kwargs": {"a": 1}}], max_payload=999)
 @example(items=[{"task": "t"}, {"task": "t", "args": _deep(300)}], max_payload=9999)

@@ -195,8 +195,9 @@ for _, g in ipairs(groups) do
     end
     local due_list = state == 'scheduled' and list_of(zadds, QP .. 'due') or nil
     -- A run of several jobs copies a template hash of the shared fields (COPY duplicates
-    -- its listpack in one piece) and sets only id and arguments: a third of the cost of
-    -- building each job's hash field by field. COPY also refuses a job that exists.
+    -- its listpack in one piece) and sets only id and arguments: under a quarter of the
+    -- cost of building each job's hash field by field. COPY also refuses a job that
+    -- exists.
     local template = nil
     if #flat >= 3 * TEMPLATE_FROM then
         template = G .. 'enqueue:template'
@@ -298,7 +299,6 @@ for _, g in ipairs(groups) do
     end
 end
 
--- Variadic writes, in chunks that stay below Lua's unpack() limit.
 -- A sorted set that is new or small is a listpack until it outgrows
 -- zset-max-listpack-entries (128), and Redis before 7.2 inserts there one member at a
 -- time, walking from the head to the member's place: members in ascending order (ids in
@@ -312,6 +312,7 @@ local function largest_first(flat)
     end
     return out
 end
+-- Variadic writes, in chunks that stay below Lua's unpack() limit.
 local function zadd_all(key, flat)
     if #flat > 2 and call('ZCARD', key) < #flat / 2 then
         flat = largest_first(flat)
