@@ -6,9 +6,10 @@
 Enqueues ``-n`` no-op jobs (``enqueue_many``, batches of 1,000), then drains them with an
 in-process ``conveyor.Worker`` (``-c`` slots, burst mode) and prints, per repeat: jobs/s,
 the worker process's CPU time per job (user + system), the Redis server's CPU time per
-job (``INFO cpu``) and the script calls per job (``INFO commandstats``, EVALSHA), i.e.
-round trips to Redis per job. The Redis figures are only right on a server no other
-client uses while it runs. Each repeat uses its own key prefix, deleted afterwards.
+job (``INFO cpu``) and the script calls per job (``INFO commandstats``: ``FCALL``, and
+``EVALSHA`` on a server without functions), i.e. round trips to Redis per job. The Redis
+figures are only right on a server no other client uses while it runs. Each repeat uses
+its own key prefix, deleted afterwards.
 """
 
 from __future__ import annotations
@@ -31,8 +32,12 @@ def server_cpu(client: Any) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
+SCRIPT_COMMANDS = ("fcall", "fcall_ro", "evalsha", "eval")
+
+
 def script_calls(client: Any) -> int:
-    return int(client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+    stats = client.info("commandstats")
+    return sum(int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in SCRIPT_COMMANDS)
 
 
 def drain_once(url: str, n: int, concurrency: int, task_name: str) -> dict[str, float]:
