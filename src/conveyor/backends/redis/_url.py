@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -46,6 +47,19 @@ def _spin_us(value: str, url: str) -> float:
     return micros / 1e6
 
 
+def _seconds(name: str, value: str, url: str) -> float:
+    """A positive number of seconds (``socket_timeout=2.5``)."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds < math.inf:
+        raise ValueError(
+            f"{name}={value!r} in Redis URL {url!r}: write a positive number of seconds"
+        )
+    return seconds
+
+
 def _host_port(value: str, url: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit():
@@ -76,6 +90,8 @@ class RedisOptions:
     nodes: tuple[tuple[str, int], ...] = ()
     #: Seconds a sync single-job enqueue polls for its reply before it sleeps.
     spin: float = DEFAULT_BUDGET
+    #: The URL's ``socket_timeout`` (also handed to redis-py), None when it gives none.
+    socket_timeout: float | None = None
 
     @classmethod
     def parse(cls, url: str) -> RedisOptions:
@@ -87,6 +103,7 @@ class RedisOptions:
         prefix, allow_eviction, cluster = "conveyor", False, False
         nodes: list[tuple[str, int]] = []
         spin = DEFAULT_BUDGET
+        socket_timeout = None
         rest = []
         for name, value in parse_qsl(parts.query, keep_blank_values=True):
             if name == "prefix":
@@ -100,6 +117,8 @@ class RedisOptions:
             elif name == "spin_us":
                 spin = _spin_us(value, shown)
             else:
+                if name == "socket_timeout":
+                    socket_timeout = _seconds(name, value, shown)
                 rest.append((name, _check_client_option(name, value, scheme, shown)))
         if not prefix:
             raise ValueError(f"empty prefix= in Redis URL {shown!r}")
@@ -114,7 +133,9 @@ class RedisOptions:
         client_url = urlunsplit(parts._replace(query=urlencode(rest)))
         host = f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
         where = f"the cluster at {host}" if cluster else f"{host}/{db}"
-        return cls(client_url, prefix, allow_eviction, where, cluster, tuple(nodes), spin)
+        return cls(
+            client_url, prefix, allow_eviction, where, cluster, tuple(nodes), spin, socket_timeout
+        )
 
 
 def _check_client_option(name: str, value: str, scheme: str, url: str) -> str:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -52,6 +53,7 @@ from conveyor.backends.base import (
     StoreEvent,
     depth_counts,
 )
+from conveyor.backends.redis import _blocking
 from conveyor.backends.redis._blocking import BlockingEnqueuer
 from conveyor.backends.redis._client import make_client, store_time
 from conveyor.backends.redis._records import (
@@ -67,6 +69,8 @@ from conveyor.backends.redis._url import Keys, RedisOptions
 from conveyor.backends.redis._wakeup import WakeListener
 from conveyor.errors import InvalidTransition
 from conveyor.job import Job, JobState
+
+log = logging.getLogger("conveyor.redis")
 
 #: Due jobs promoted by one claim: bounds a claim's latency when a huge batch of
 #: scheduled jobs falls due at once (the rest follow in the next claims).
@@ -341,13 +345,29 @@ class RedisBackend(Backend):
     async def enqueue(self, jobs: Sequence[NewJob]) -> list[str]:
         if not jobs:
             return []
+        args = self._enqueue_args(jobs)
         try:
-            replaced = await self._s.enqueue(keys=[self.keys.route], args=self._enqueue_args(jobs))
+            try:
+                replaced = await self._enqueue_call(args)
+            except (TimeoutError, rexc.ConnectionError, rexc.TimeoutError) as exc:
+                # No answer, or a broken connection: the script may or may not have run.
+                # Once more (the connection was dropped): enqueue is idempotent per job id.
+                log.warning("enqueue got no answer (%r): trying once more", exc)
+                replaced = await self._enqueue_call(args)
         except rexc.ResponseError as exc:
             raise _enqueue_error(exc) from None
         if self._wake is not None:
             self._wake.flag.set()  # our own listener may not be subscribed to these queues
         return _stored_ids(jobs, replaced)
+
+    async def _enqueue_call(self, args: list[Any]) -> list[str]:
+        """enqueue.lua, given up on after ``CALL_TIMEOUT`` seconds (the URL's
+        ``socket_timeout`` if it has one): a connection gone silent without a reset would
+        otherwise hold the caller until TCP gives up, for hours. The timeout cancels the
+        call, and redis-py drops a connection cancelled mid-call."""
+        async with asyncio.timeout(self.options.socket_timeout or _blocking.CALL_TIMEOUT):
+            replaced: list[str] = await self._s.enqueue(keys=[self.keys.route], args=args)
+            return replaced
 
     def enqueue_blocking(self, jobs: Sequence[NewJob]) -> list[str]:
         if not jobs:
