@@ -107,3 +107,20 @@ def test_socket_timeout_in_the_url() -> None:
     for bad in ("0", "-1", "soon", "inf", "nan"):
         with pytest.raises(ValueError, match=r"socket_timeout=.*positive number of seconds"):
             RedisOptions.parse(f"redis://h/0?socket_timeout={bad}")
+
+
+async def test_the_first_enqueue_after_a_server_restart_goes_through(
+    private_redis: StartRedis,
+) -> None:
+    """The pooled connection died with the server (and the function library with it): the
+    next async enqueue still stores its job, on a new connection."""
+    server = private_redis(["--appendonly", "yes"])
+    app = conveyor.App(server.url)
+    try:
+        first = await app.enqueue_async("t")
+        server.kill()
+        server.start()
+        second = await app.enqueue_async("t")
+        assert {j.id for j in await app.jobs_async()} == {first.id, second.id}
+    finally:
+        await app.close_async()
