@@ -11,6 +11,7 @@ import signal
 import time
 
 import pytest
+import redis.exceptions
 
 import conveyor
 from conveyor.backends.redis import _blocking
@@ -76,23 +77,35 @@ async def test_a_frozen_server_runs_the_call_once_though_it_was_sent_twice(
         await app.close_async()
 
 
+@pytest.mark.parametrize(
+    ("query", "call_timeout", "at_least"),
+    [
+        ("", 0.3, 0.6),  # two tries of CALL_TIMEOUT
+        ("?socket_timeout=1", 0.2, 2.0),  # the URL's bound wins over CALL_TIMEOUT
+    ],
+)
 async def test_a_server_that_never_answers_raises_after_two_tries(
-    private_redis: StartRedis, monkeypatch: pytest.MonkeyPatch
+    private_redis: StartRedis,
+    monkeypatch: pytest.MonkeyPatch,
+    query: str,
+    call_timeout: float,
+    at_least: float,
 ) -> None:
-    """Still frozen after both tries: the caller gets TimeoutError, not a hang."""
-    monkeypatch.setattr(_blocking, "CALL_TIMEOUT", 0.3)
+    """Still frozen after both tries: the caller gets a timeout error, not a hang."""
+    monkeypatch.setattr(_blocking, "CALL_TIMEOUT", call_timeout)
     server = private_redis([])
     assert server.process is not None
     pid = server.process.pid
-    app = conveyor.App(server.url)
+    app = conveyor.App(server.url + query)
     try:
         await app.enqueue_async("t")
         os.kill(pid, signal.SIGSTOP)
         started = time.monotonic()
-        with pytest.raises(TimeoutError):
+        # redis-py raises its own TimeoutError when the URL gives it socket_timeout.
+        with pytest.raises((TimeoutError, redis.exceptions.TimeoutError)):
             async with asyncio.timeout(15):  # the test's own bound, far above two tries
                 await app.enqueue_async("t")
-        assert 0.6 <= time.monotonic() - started < 5
+        assert at_least <= time.monotonic() - started < at_least + 5
     finally:
         os.kill(pid, signal.SIGCONT)
         await app.close_async()
